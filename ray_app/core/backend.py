@@ -1,0 +1,69 @@
+"""Choose the array backend: CuPy when a GPU really works, NumPy/SciPy otherwise.
+
+CuPy imports on machines without a usable GPU (and Ray may grant a GPU where CUDA cannot run),
+so the only reliable test is a tiny allocation and kernel launch (DESIGN section 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+try:  # optional dependency: the `gpu` extra
+    import cupy as _cupy
+
+    HAS_CUPY = True
+except Exception:  # ImportError, or a broken CUDA install raising at import
+    _cupy = None
+    HAS_CUPY = False
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The backend a process computes with.
+
+    Attributes
+    ----------
+    name : {"cpu", "cupy"}
+    knn : {"cpu", "xp"}
+        Which kNN implementation to call (:func:`ray_app.core.recovery.density`).
+    reason : str
+        Why it was chosen (logged and written to metadata.json).
+    """
+
+    name: str
+    knn: str
+    reason: str
+
+    @property
+    def xp(self):
+        return _cupy if self.name == "cupy" else __import__("numpy")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "knn": self.knn, "reason": self.reason}
+
+
+def detect_backend(prefer: str = "auto") -> Backend:
+    """Return the backend to use.
+
+    Parameters
+    ----------
+    prefer : {"auto", "cpu", "cupy"}
+        ``auto`` tries CuPy and falls back to the CPU; ``cupy`` raises if CuPy cannot run.
+    """
+    if prefer not in ("auto", "cpu", "cupy"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'cupy', got {prefer!r}")
+    if prefer == "cpu":
+        return Backend("cpu", "cpu", "requested")
+    if not HAS_CUPY:
+        if prefer == "cupy":
+            raise RuntimeError("backend 'cupy' requested but CuPy is not installed "
+                               "(pip install 'ray-app[gpu]')")
+        return Backend("cpu", "cpu", "cupy not installed")
+    try:
+        probe = _cupy.arange(4, dtype=_cupy.float32)
+        float((probe * probe).sum())
+    except Exception as exc:  # cudaErrorInsufficientDriver, no device, ...
+        if prefer == "cupy":
+            raise RuntimeError(f"backend 'cupy' requested but CUDA is unusable: {exc}") from exc
+        return Backend("cpu", "cpu", f"cupy present but unusable: {type(exc).__name__}")
+    return Backend("cupy", "xp", "cupy allocation succeeded")

@@ -1,0 +1,217 @@
+"""Pipeline stages of one stream recovery, as plain functions of arrays.
+
+``density`` (kNN + log-density) -> ``diagram`` (persistence from edges or merged forests) ->
+``candidates`` (significance + members). The engine calls the same functions on shards; the
+single-machine :func:`recover` chains them and is the reference the sharded run must equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .features import FEATURE_NAMES
+from .knn import knn_cpu, knn_xp, log_density
+from .members import core_members
+from .persistence import Persistence, knn_edges, persistence_from_edges
+from .significance import NULL_MAX_STARS, NULL_ROUNDS, NullModel, fit_null, job_sigma
+
+
+@dataclass
+class DensityResult:
+    """kNN and log-density of the query stars of one shard (or of all stars)."""
+
+    indices: np.ndarray
+    kth_distance: np.ndarray
+    log_density: np.ndarray
+    requeried: int
+
+
+@dataclass
+class Candidate:
+    """A significant persistence pair with its members.
+
+    ``members`` are vertex indices into the job's cleaned star arrays.
+    """
+
+    index: int
+    significance: float
+    birth: float
+    death: float
+    peak: int
+    saddle: int
+    essential: bool
+    members: np.ndarray = field(repr=False)
+
+    @property
+    def persistence(self) -> float:
+        return self.birth - self.death
+
+
+@dataclass
+class CandidateResult:
+    candidates: list[Candidate]
+    null: NullModel
+    n_tests: int
+    pair_sigma: np.ndarray
+    essential_death: np.ndarray  # key-saddle level of each essential class (nan: none)
+    essential_saddle: np.ndarray  # key-saddle vertex (-1: none)
+    essential_sigma: np.ndarray
+
+
+def density(X, source_id, k: int, n_total: int | None = None, query_rows=None,
+            backend: str = "cpu", xp=None) -> DensityResult:
+    """kNN and log-density (DESIGN 2.3-2.4) for the query rows of ``X``.
+
+    Parameters
+    ----------
+    backend : {"cpu", "xp"}
+        ``cpu``: cKDTree; ``xp``: tiled brute force on the array module ``xp``.
+    n_total : int, optional
+        Global star count for the density normalisation (default: ``len(X)``).
+    """
+    n_total = len(X) if n_total is None else n_total
+    if backend == "cpu":
+        res = knn_cpu(X, source_id, k, query_rows=query_rows)
+    elif backend == "xp":
+        res = knn_xp(X, source_id, k, query_rows=query_rows, xp=np if xp is None else xp)
+    else:
+        raise ValueError(f"backend must be 'cpu' or 'xp', got {backend!r}")
+    f = log_density(res.kth_distance, k, n_total, X.shape[1])
+    return DensityResult(res.indices, res.kth_distance, np.asarray(f), res.requeried)
+
+
+def diagram(log_dens, source_id, indices) -> Persistence:
+    """Persistence of the symmetrized kNN graph of all stars."""
+    src, dst = knn_edges(indices)
+    return persistence_from_edges(log_dens, source_id, src, dst)
+
+
+def essential_key_saddles(pers: Persistence, log_dens, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Key saddle of each essential class and its effective persistence.
+
+    An essential peak's lump is followed down through its merges (highest saddle first). Merges
+    with components of fewer than ``k`` stars are its own sub-lumps or single-kernel noise (the
+    kNN estimator cannot resolve structure smaller than k stars); the first merge with a
+    component of at least ``k`` stars is where it meets other resolved structure: its key
+    saddle. An essential class that never meets one has no key saddle (-1, nan).
+    """
+    f = np.asarray(log_dens)
+    n_ess = len(pers.essential)
+    saddle = np.full(n_ess, -1, dtype=np.int64)
+    if len(pers.peak) and n_ess:
+        idx = np.flatnonzero(pers.younger_size >= k)
+        if len(idx):
+            # highest saddle first (saddles enter in rank order)
+            idx = idx[np.argsort(pers.rank[pers.saddle[idx]], kind="stable")]
+            elders, first = np.unique(pers.elder_peak[idx], return_index=True)
+            key_of = dict(zip(elders.tolist(), pers.saddle[idx[first]].tolist(), strict=True))
+            saddle = np.array([key_of.get(int(g), -1) for g in pers.essential], dtype=np.int64)
+    eff = np.where(saddle >= 0, f[pers.essential] - f[np.maximum(saddle, 0)], np.nan)
+    return saddle, eff
+
+
+def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MAX_STARS,
+                   rounds: int = NULL_ROUNDS) -> NullModel:
+    """Null model from shuffled copies of the job's own stars (see significance.py).
+
+    Each round subsamples at most ``max_stars`` stars, permutes their kinematic features
+    (columns 2-4: proper motions and parallax, jointly) across stars, and records the finite
+    persistences and essential effective persistences of the copy's diagram.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(X)
+    finite, ess = [], []
+    for _ in range(rounds):
+        rows = np.sort(rng.choice(n, size=max_stars, replace=False)) if n > max_stars \
+            else np.arange(n)
+        Xs = X[rows].copy()
+        Xs[:, 2:] = Xs[rng.permutation(len(rows)), 2:]
+        sid = np.asarray(source_id)[rows]
+        kk = min(k, len(rows) - 1)
+        d = density(Xs, sid, kk)
+        p = diagram(d.log_density, sid, d.indices)
+        finite.append(d.log_density[p.peak] - d.log_density[p.saddle])
+        _, eff = essential_key_saddles(p, d.log_density, kk)
+        ess.append(eff[np.isfinite(eff)])
+    return fit_null(np.concatenate(finite), np.concatenate(ess))
+
+
+def candidates(pers: Persistence, log_dens, k: int, sigma_threshold: float, null: NullModel,
+               max_candidates: int = 100) -> CandidateResult:
+    """Significance of every pair and the candidates at ``sigma_threshold``.
+
+    Parameters
+    ----------
+    pers : Persistence
+        The job's global diagram.
+    k : int
+        The kNN's k (resolution scale of the essential classes' key saddles).
+    null : NullModel
+        From :func:`calibrate_null`.
+    max_candidates : int
+        At most this many candidates (the most significant) get member lists.
+    """
+    f = np.asarray(log_dens)
+    finite = f[pers.peak] - f[pers.saddle]
+    ess_saddle, ess_pers = essential_key_saddles(pers, f, k)
+    ess_death = np.where(ess_saddle >= 0, f[np.maximum(ess_saddle, 0)], np.nan)
+    n_tests = max(len(finite), 1)
+    pair_sigma = job_sigma(null.log_survival(finite), n_tests) if len(finite) else np.empty(0)
+    ess_sigma = np.full(len(ess_saddle), np.nan)
+    has = ess_saddle >= 0
+    if has.any():
+        ess_sigma[has] = job_sigma(null.log_survival_essential(ess_pers[has]), 1)
+
+    rows = [(float(pair_sigma[i]), float(finite[i]), int(pers.peak[i]), int(pers.saddle[i]),
+             False) for i in np.flatnonzero(pair_sigma >= sigma_threshold)]
+    rows += [(float(ess_sigma[j]), float(ess_pers[j]), int(pers.essential[j]),
+              int(ess_saddle[j]), True) for j in np.flatnonzero(has)
+             if ess_sigma[j] >= sigma_threshold]
+    rows.sort(key=lambda r: (-r[0], -r[1], int(pers.rank[r[2]])))
+    cands = []
+    for idx, (sig, _p, peak, saddle, ess) in enumerate(rows[:max_candidates]):
+        members = core_members(pers.rank, pers.forest_src, pers.forest_dst, peak,
+                               int(pers.rank[saddle]))
+        cands.append(Candidate(idx, sig, float(f[peak]), float(f[saddle]), peak, saddle, ess,
+                               members))
+    return CandidateResult(cands, null, n_tests, pair_sigma, ess_death, ess_saddle, ess_sigma)
+
+
+def candidate_labels(n: int, cands: list[Candidate]) -> np.ndarray:
+    """Per-star candidate index (-1: none); a star in nested cores gets the innermost."""
+    label = np.full(n, -1, dtype=np.int64)
+    size = np.full(n, np.iinfo(np.int64).max)
+    for c in cands:
+        smaller = size[c.members] > len(c.members)
+        label[c.members[smaller]] = c.index
+        size[c.members[smaller]] = len(c.members)
+    return label
+
+
+def summarize_members(raw: dict, members: np.ndarray) -> dict:
+    """Centroid (median) and spread (1.4826 MAD) of each raw feature over the members."""
+    out = {}
+    for name in FEATURE_NAMES:
+        v = np.asarray(raw[name])[members]
+        med = float(np.median(v))
+        out[name] = {"centroid": med, "spread": float(1.4826 * np.median(np.abs(v - med)))}
+    return out
+
+
+@dataclass
+class Recovery:
+    dens: DensityResult
+    pers: Persistence
+    cands: CandidateResult
+
+
+def recover(X, source_id, k: int, sigma_threshold: float, backend: str = "cpu", xp=None,
+            seed: int = 0) -> Recovery:
+    """Single-machine reference recovery (no sharding)."""
+    d = density(X, source_id, k, backend=backend, xp=xp)
+    p = diagram(d.log_density, source_id, d.indices)
+    null = calibrate_null(X, source_id, k, seed=seed)
+    c = candidates(p, d.log_density, k, sigma_threshold, null)
+    return Recovery(d, p, c)

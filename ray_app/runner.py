@@ -1,0 +1,216 @@
+"""Run one recovery job end to end: load -> clean -> features -> shards -> merge -> candidates
+-> outputs. The engine that runs the shard stages is passed in (``run_recovery(params,
+engine)``), so the same runner serves the local CLI, ``ray job submit`` and the tests.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from .config import RecoverParams
+from .core.features import FEATURE_NAMES, feature_matrix, finite_rows
+from .core.frames import icrs_to_frame
+from .core.knn import validate_k
+from .core.persistence import merge_forests
+from .core.recovery import calibrate_null, candidate_labels, candidates, summarize_members
+from .core.significance import expected_false_candidates
+from .data.catalogue import CatalogueError, read_catalogue, validate_columns
+from .data.synthetic import synthetic_catalogue
+from .io import outputs
+from .io.plots import summary_plot
+
+ProgressFn = Callable[[int, str], None]
+
+STAGES = {"load": 5, "clean": 10, "features": 15, "density": 60, "merge": 70,
+          "candidates": 85, "write": 100}
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    n_stars: int
+    n_candidates: int
+    candidates: list[dict]
+    metadata: dict
+
+
+def _versions() -> dict:
+    import astropy
+    import numba
+    import pyarrow
+    import scipy
+
+    out = {"ray_app": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "scipy": scipy.__version__, "numba": numba.__version__,
+           "astropy": astropy.__version__, "pyarrow": pyarrow.__version__}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # the core runs without ray installed
+        pass
+    return out
+
+
+def load_catalogue(params: RecoverParams) -> tuple[dict, pa.Table, dict]:
+    """Columns, raw table and provenance of the job's input."""
+    if params.input_path is not None:
+        cols, table = read_catalogue(params.input_path)
+        prov = {"kind": "parquet", "path": str(Path(params.input_path).resolve()),
+                "sha256": outputs.sha256_file(Path(params.input_path)), "rows": table.num_rows}
+        return cols, table, prov
+    cols = synthetic_catalogue(params.stream, n_background=params.n_background,
+                               n_stream=params.n_stream, seed=params.seed)
+    cols = validate_columns(cols, "synthetic catalogue")
+    table = pa.table(cols)
+    prov = {"kind": "synthetic", "generator": "ray_app.data.synthetic.synthetic_catalogue",
+            "stream": params.stream.key, "n_background": params.n_background,
+            "n_stream": params.n_stream, "seed": params.seed, "rows": table.num_rows}
+    return cols, table, prov
+
+
+def _noop(pct: int, stage: str) -> None:
+    pass
+
+
+def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) -> RunSummary:
+    """Run one job and write its outputs to ``params.out_dir``.
+
+    Raises
+    ------
+    ValueError (CatalogueError included)
+        Bad input; nothing is written.
+    """
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def done(stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[stage] = now - t
+        t = now
+        progress(STAGES[stage], stage)
+
+    cols, table, provenance = load_catalogue(params)
+    done("load")
+
+    n_input = len(cols["source_id"])
+    keep = finite_rows({"phi1": cols["ra"], "phi2": cols["dec"], "pm_phi1_cosphi2": cols["pmra"],
+                        "pm_phi2": cols["pmdec"], "parallax": cols["parallax"]})
+    n_clean = int(keep.sum())
+    if n_clean == 0:
+        raise CatalogueError("no star has finite ra, dec, pmra, pmdec and parallax "
+                             f"({n_input} rows, all with a NaN in a feature)")
+    try:
+        validate_k(params.n_neighbors, n_clean)
+    except ValueError as exc:
+        raise CatalogueError(f"{exc} ({n_input - n_clean} of {n_input} rows dropped for NaN "
+                             "features)") from exc
+    clean = {name: np.asarray(v)[keep] for name, v in cols.items()}
+    sid = clean["source_id"].astype(np.int64)
+    done("clean")
+
+    phi1, phi2, pm1, pm2 = icrs_to_frame(params.stream.frame, clean["ra"], clean["dec"],
+                                         clean["pmra"], clean["pmdec"])
+    raw = {"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
+           "parallax": clean["parallax"]}
+    X = feature_matrix(raw, params.scales)
+    done("features")
+
+    sharded = engine.density_and_forests(X, sid, params.n_neighbors)
+    f = sharded.log_density
+    done("density")
+
+    pers = merge_forests(f, sid, sharded.forests)
+    done("merge")
+
+    t_null = time.perf_counter()
+    null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed)
+    timings["calibration"] = time.perf_counter() - t_null
+    cres = candidates(pers, f, params.n_neighbors, params.sigma_threshold, null)
+    labels = candidate_labels(len(sid), cres.candidates)
+    done("candidates")
+
+    cand_json = []
+    for c in cres.candidates:
+        summ = summarize_members(raw, c.members)
+        cand_json.append({
+            "index": c.index, "significance": c.significance, "birth": c.birth,
+            "death": c.death, "persistence": c.persistence,
+            "peak_source_id": int(sid[c.peak]), "saddle_source_id": int(sid[c.saddle]),
+            "essential": c.essential, "n_members": int(len(c.members)),
+            "centroid": {k: v["centroid"] for k, v in summ.items()},
+            "spread": {k: v["spread"] for k, v in summ.items()},
+        })
+
+    finite = f[pers.peak] - f[pers.saddle]
+    metadata = {
+        "job": {"stream_key": params.stream.key, "stream": params.stream.to_dict()},
+        "parameters": {"nNeighbors": params.n_neighbors,
+                       "sigmaThreshold": params.sigma_threshold, "seed": params.seed,
+                       "feature_scales": params.scales.to_dict(),
+                       "features": list(FEATURE_NAMES)},
+        "counts": {"input_rows": n_input, "dropped_nan": n_input - n_clean, "stars": n_clean,
+                   "finite_pairs": int(len(pers.peak)),
+                   "essential_classes": int(len(pers.essential)),
+                   "forest_edges": int(len(pers.forest_src)),
+                   "candidates": len(cres.candidates),
+                   "knn_rows_requeried": int(sharded.requeried)},
+        "significance": {
+            "definition": "per-job look-elsewhere-corrected Gaussian-equivalent significance; "
+                          "see ray_app/core/significance.py",
+            "nominal_false_candidates_per_job": expected_false_candidates(
+                params.sigma_threshold),
+            "n_tests": cres.n_tests, **null.to_dict()},
+        "membership": "death-level core of each pair (essential classes: key saddle)",
+        "engine": {"name": engine.name, "backend": sharded.backend,
+                   "shards": len(sharded.forests), "shard_seconds": sharded.shard_seconds},
+        "data": provenance,
+        "software": _versions(),
+        "timings_s": timings,
+    }
+
+    with outputs.atomic_output_dir(params.out_dir) as tmp:
+        ess_sid = np.where(cres.essential_saddle >= 0,
+                           sid[np.maximum(cres.essential_saddle, 0)], -1)
+        outputs.write_persistence(tmp / "persistence.npz", {
+            "diagram_0": np.column_stack([f[pers.peak], f[pers.saddle]]).reshape(-1, 2),
+            "peak_source_id": sid[pers.peak], "saddle_source_id": sid[pers.saddle],
+            "significance": cres.pair_sigma,
+            "essential_0": np.column_stack([f[pers.essential],
+                                            np.full(len(pers.essential), -np.inf)]),
+            "essential_peak_source_id": sid[pers.essential],
+            "essential_key_saddle_source_id": ess_sid,
+            "essential_significance": cres.essential_sigma,
+        })
+        outputs.write_json(tmp / "candidates.json", cand_json)
+        outputs.write_members(tmp / "candidate_members.npz",
+                              {f"candidate_{c.index}": sid[c.members] for c in
+                               cres.candidates})
+        stars = {name: v for name, v in clean.items()}
+        stars.update({"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2})
+        stars.update({f"feat_{n}": X[:, i] for i, n in enumerate(FEATURE_NAMES)})
+        stars.update({"log_density": f, "candidate": labels})
+        outputs.write_stars(tmp / "stars.parquet", stars)
+        if params.write_ecsv:
+            outputs.write_gaia_ecsv(tmp / "gaia_table.ecsv", table)
+        summary_plot(tmp / "summary.png", births=f[pers.peak], deaths=f[pers.saddle],
+                     pair_sigma=cres.pair_sigma, sigma_threshold=params.sigma_threshold,
+                     essential_births=f[pers.essential], phi1=phi1, phi2=phi2, pm1=pm1,
+                     pm2=pm2, candidate=labels,
+                     title=f"{params.stream.name}: {len(cres.candidates)} candidate(s), "
+                           f"{n_clean} stars, k={params.n_neighbors}")
+        done("write")
+        metadata["timings_s"] = timings
+        metadata["persistence_summary"] = {
+            "max_finite_persistence": float(finite.max()) if len(finite) else None}
+        outputs.write_json(tmp / "metadata.json", metadata)
+    return RunSummary(Path(params.out_dir), n_clean, len(cres.candidates), cand_json, metadata)
