@@ -135,7 +135,7 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     t_null = time.perf_counter()
     null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed)
     timings["calibration"] = time.perf_counter() - t_null
-    cres = candidates(pers, f, params.n_neighbors, params.sigma_threshold, null)
+    cres = candidates(pers, f, params.sigma_threshold, null)
     labels = candidate_labels(len(sid), cres.candidates)
     done("candidates")
 

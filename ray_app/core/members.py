@@ -8,9 +8,9 @@ the forest (n-1 edges) rather than on all n*k kNN edges.
 
 For the essential class (the peak of a whole connected component, which never dies) the
 "death" used for membership and significance is its *key saddle*: the first merge with a
-component of at least k stars (see ``recovery.essential_key_saddles``). This makes a stream that
-holds the global density maximum (common: a stream is the densest thing in its field) a
-candidate like any other.
+component whose peak the background alone can reach (``recovery.essential_key_saddles``).
+This makes a stream that holds the global density maximum (common: a stream is the densest
+thing in its field) a candidate like any other.
 """
 
 from __future__ import annotations

@@ -195,6 +195,7 @@ def persistence_from_edges(log_density, source_id, src, dst) -> Persistence:
     peak, saddle, roots, fs, fd, elder, ysize, esize = _sweep(order, rank, ptr, nbr)
     pers = f[peak] - f[saddle]
     sort = np.lexsort((rank[peak], -pers))
+    roots = roots[np.argsort(rank[roots])]
     return Persistence(peak=peak[sort], saddle=saddle[sort], essential=roots,
                        forest_src=fs, forest_dst=fd, rank=rank, elder_peak=elder[sort],
                        younger_size=ysize[sort], elder_size=esize[sort])

@@ -88,20 +88,22 @@ def diagram(log_dens, source_id, indices) -> Persistence:
     return persistence_from_edges(log_dens, source_id, src, dst)
 
 
-def essential_key_saddles(pers: Persistence, log_dens, k: int) -> tuple[np.ndarray, np.ndarray]:
+def essential_key_saddles(pers: Persistence, log_dens,
+                          background_ceiling: float) -> tuple[np.ndarray, np.ndarray]:
     """Key saddle of each essential class and its effective persistence.
 
-    An essential peak's lump is followed down through its merges (highest saddle first). Merges
-    with components of fewer than ``k`` stars are its own sub-lumps or single-kernel noise (the
-    kNN estimator cannot resolve structure smaller than k stars); the first merge with a
-    component of at least ``k`` stars is where it meets other resolved structure: its key
-    saddle. An essential class that never meets one has no key saddle (-1, nan).
+    An essential peak's lump is followed down through its merges (highest saddle first).
+    A merging component whose peak is denser than ``background_ceiling`` (the highest density
+    the background alone reaches, from the shuffled null copies) is part of the same
+    overdensity (a sub-lump of a stream); the first merge with a component whose peak the
+    background can produce is where the lump meets the background: its key saddle. An
+    essential class that never meets one has no key saddle (-1, nan).
     """
     f = np.asarray(log_dens)
     n_ess = len(pers.essential)
     saddle = np.full(n_ess, -1, dtype=np.int64)
     if len(pers.peak) and n_ess:
-        idx = np.flatnonzero(pers.younger_size >= k)
+        idx = np.flatnonzero(f[pers.peak] <= background_ceiling)
         if len(idx):
             # highest saddle first (saddles enter in rank order)
             idx = idx[np.argsort(pers.rank[pers.saddle[idx]], kind="stable")]
@@ -117,28 +119,34 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
     """Null model from shuffled copies of the job's own stars (see significance.py).
 
     Each round subsamples at most ``max_stars`` stars, permutes their kinematic features
-    (columns 2-4: proper motions and parallax, jointly) across stars, and records the finite
-    persistences and essential effective persistences of the copy's diagram.
+    (columns 2-4: proper motions and parallax, jointly) across stars, and computes the copy's
+    diagram. The kNN density estimates a probability density, so a subsample estimates the
+    same density levels as the full job.
     """
     rng = np.random.default_rng(seed)
     n = len(X)
-    finite, ess = [], []
+    diagrams = []
     for _ in range(rounds):
         rows = np.sort(rng.choice(n, size=max_stars, replace=False)) if n > max_stars \
             else np.arange(n)
         Xs = X[rows].copy()
         Xs[:, 2:] = Xs[rng.permutation(len(rows)), 2:]
         sid = np.asarray(source_id)[rows]
-        kk = min(k, len(rows) - 1)
-        d = density(Xs, sid, kk)
-        p = diagram(d.log_density, sid, d.indices)
-        finite.append(d.log_density[p.peak] - d.log_density[p.saddle])
-        _, eff = essential_key_saddles(p, d.log_density, kk)
-        ess.append(eff[np.isfinite(eff)])
-    return fit_null(np.concatenate(finite), np.concatenate(ess))
+        d = density(Xs, sid, min(k, len(rows) - 1))
+        diagrams.append((d.log_density, diagram(d.log_density, sid, d.indices)))
+    finite = np.concatenate([f[p.peak] - f[p.saddle] for f, p in diagrams])
+    null = fit_null(finite)
+    # The background's highest density in a copy of n_sub stars; a job with more stars samples
+    # the same background more often: its maximum rises by lambda * ln(N / n_sub) in the
+    # exponential-tail model.
+    n_sub = min(n, max_stars)
+    ceiling = max(float(f.max()) for f, _ in diagrams) + null.scale * np.log(n / n_sub)
+    ess = [essential_key_saddles(p, f, ceiling)[1] for f, p in diagrams]
+    ess = np.concatenate(ess)
+    return fit_null(finite, ess[np.isfinite(ess)], background_ceiling=ceiling)
 
 
-def candidates(pers: Persistence, log_dens, k: int, sigma_threshold: float, null: NullModel,
+def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullModel,
                max_candidates: int = 100) -> CandidateResult:
     """Significance of every pair and the candidates at ``sigma_threshold``.
 
@@ -146,8 +154,6 @@ def candidates(pers: Persistence, log_dens, k: int, sigma_threshold: float, null
     ----------
     pers : Persistence
         The job's global diagram.
-    k : int
-        The kNN's k (resolution scale of the essential classes' key saddles).
     null : NullModel
         From :func:`calibrate_null`.
     max_candidates : int
@@ -155,7 +161,7 @@ def candidates(pers: Persistence, log_dens, k: int, sigma_threshold: float, null
     """
     f = np.asarray(log_dens)
     finite = f[pers.peak] - f[pers.saddle]
-    ess_saddle, ess_pers = essential_key_saddles(pers, f, k)
+    ess_saddle, ess_pers = essential_key_saddles(pers, f, null.background_ceiling)
     ess_death = np.where(ess_saddle >= 0, f[np.maximum(ess_saddle, 0)], np.nan)
     n_tests = max(len(finite), 1)
     pair_sigma = job_sigma(null.log_survival(finite), n_tests) if len(finite) else np.empty(0)
@@ -213,5 +219,5 @@ def recover(X, source_id, k: int, sigma_threshold: float, backend: str = "cpu", 
     d = density(X, source_id, k, backend=backend, xp=xp)
     p = diagram(d.log_density, source_id, d.indices)
     null = calibrate_null(X, source_id, k, seed=seed)
-    c = candidates(p, d.log_density, k, sigma_threshold, null)
+    c = candidates(p, d.log_density, sigma_threshold, null)
     return Recovery(d, p, c)

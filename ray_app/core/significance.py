@@ -21,9 +21,12 @@ How it is computed
    A job with ``n`` finite pairs tests ``n`` hypotheses: ``p = 1 - (1 - S)^n`` and
    ``sigma = Phi^-1(1 - p)``.
 3. **Essential classes.** The peak of a whole component never dies; it is scored with its key
-   saddle (see members.py), and its effective persistence is compared with the null copies'
-   essential classes: ``S_ess(x) = exp(-(x - m) / lambda)`` beyond the largest null value
-   ``m`` (empirical fraction, floored at 1/(R+1), below it). One test per component.
+   saddle: the first merge with a component whose peak is no denser than the *background
+   ceiling* (the highest density the null copies reach), i.e. where it meets the background
+   rather than its own sub-lumps. Its effective persistence is compared with the null copies'
+   essential classes, scored the same way: ``S_ess(x) = exp(-(x - m) / lambda)`` beyond the
+   largest null value ``m`` (empirical fraction, floored at 1/(R+1), below it). One test per
+   component.
 
 Validated by ``tests/test_significance.py`` (false candidates per stream-free catalogue) and
 ``benchmarks/false_candidates.py``.
@@ -43,7 +46,7 @@ DEFAULT_SIGMA_THRESHOLD = 5.0
 #: Null copies are subsampled to at most this many stars.
 NULL_MAX_STARS = 20000
 #: Number of shuffled null copies.
-NULL_ROUNDS = 4
+NULL_ROUNDS = 8
 
 TAIL_QUANTILE = 0.75
 #: Largest sigma reported (p ~ 1e-300); beyond this floating point cannot tell.
@@ -64,12 +67,16 @@ class NullModel:
         Null finite persistences, ascending (empirical part below ``u``).
     essential_null : ndarray
         Effective persistences of the null copies' essential classes, ascending.
+    background_ceiling : float
+        Highest log-density the background alone reaches (null copies), scaled to the job's
+        star count; peaks above it are not background.
     """
 
     threshold: float
     scale: float
     sorted_null: np.ndarray
     essential_null: np.ndarray
+    background_ceiling: float = float("inf")
 
     def log_survival(self, persistence) -> np.ndarray:
         """Natural log of the per-peak null probability P(pi >= persistence)."""
@@ -103,10 +110,12 @@ class NullModel:
                           "quantile of null finite persistences",
                 "tail_threshold": self.threshold, "tail_scale": self.scale,
                 "n_null_pairs": int(len(self.sorted_null)),
+                "background_ceiling": self.background_ceiling,
                 "essential_null": [float(v) for v in self.essential_null]}
 
 
-def fit_null(null_persistence, essential_null=()) -> NullModel:
+def fit_null(null_persistence, essential_null=(), background_ceiling: float = float("inf")
+             ) -> NullModel:
     """Fit the null model to noise persistences (and null essential persistences).
 
     Raises
@@ -124,7 +133,8 @@ def fit_null(null_persistence, essential_null=()) -> NullModel:
     # a degenerate sample (all equal) still needs a positive scale
     scale = max(scale, 1e-3 * max(abs(u), 1.0), 1e-6)
     ess = np.sort(np.asarray(essential_null, dtype=np.float64))
-    return NullModel(threshold=u, scale=scale, sorted_null=pi, essential_null=ess[np.isfinite(ess)])
+    return NullModel(threshold=u, scale=scale, sorted_null=pi, essential_null=ess[np.isfinite(ess)],
+                     background_ceiling=float(background_ceiling))
 
 
 def job_sigma(log_survival: np.ndarray, n_tests: int) -> np.ndarray:

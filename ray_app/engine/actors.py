@@ -26,6 +26,7 @@ class DensityActor:
 
     def __init__(self, prefer_backend: str = "auto"):
         self.backend = detect_backend(prefer_backend)
+        self.name = ray.get_runtime_context().get_actor_name()
         log.warning("DensityActor backend: %s (%s)", self.backend.name, self.backend.reason)
         self._pending: dict[str, tuple] = {}
 
@@ -41,7 +42,7 @@ class DensityActor:
         self._pending[key] = (sid_ref, rows, d.indices)
         return {"log_density": d.log_density, "kth_distance": d.kth_distance,
                 "requeried": d.requeried, "seconds": time.perf_counter() - t0,
-                "backend": self.backend.to_dict()}
+                "backend": {**self.backend.to_dict(), "actor": self.name}}
 
     def forest(self, key: str, log_density_ref) -> tuple:
         t0 = time.perf_counter()

@@ -1,0 +1,94 @@
+"""Calibration of sigma: false candidates on stream-free catalogues, detection of streams."""
+
+import numpy as np
+import pytest
+
+from ray_app.core.features import FeatureScales, feature_matrix
+from ray_app.core.frames import icrs_to_frame
+from ray_app.core.recovery import recover
+from ray_app.core.significance import (
+    DEFAULT_SIGMA_THRESHOLD,
+    expected_false_candidates,
+    fit_null,
+    job_sigma,
+    validate_sigma,
+)
+from ray_app.data.registry import get_stream
+from ray_app.data.synthetic import synthetic_catalogue
+
+N_NULL_CATALOGUES = 24
+
+
+def _features(cols, key="gd-1"):
+    frame = get_stream(key).frame
+    p1, p2, pm1, pm2 = icrs_to_frame(frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"])
+    raw = {"phi1": p1, "phi2": p2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
+           "parallax": np.asarray(cols["parallax"])}
+    return feature_matrix(raw, FeatureScales()), np.asarray(cols["source_id"])
+
+
+def test_false_candidate_rate_on_stream_free_catalogues(gd1_field):
+    """>= 20 stream-free catalogues (synthetic backgrounds and the real field with its
+    kinematics shuffled); no false candidate at the default threshold."""
+    t, _ = gd1_field
+    real = {c: t[c].to_numpy() for c in ("source_id", "ra", "dec", "pmra", "pmdec", "parallax")}
+    rng = np.random.default_rng(7)
+    max_sigma, false = [], 0
+    for i in range(N_NULL_CATALOGUES):
+        if i % 3 == 2:
+            cols = dict(real)
+            perm = rng.permutation(len(cols["ra"]))
+            for c in ("pmra", "pmdec", "parallax"):
+                cols[c] = real[c][perm]
+            key = "gd-1"
+        else:
+            key = ("gd-1", "palomar-5", "jhelum")[i % 3]
+            cols = synthetic_catalogue(key, n_background=8000, n_stream=0, seed=1000 + i)
+        X, sid = _features(cols, key)
+        r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD, seed=i)
+        sig = np.concatenate([r.cands.pair_sigma, r.cands.essential_sigma])
+        max_sigma.append(float(np.nanmax(sig)))
+        false += len(r.cands.candidates)
+    rate = false / N_NULL_CATALOGUES
+    print(f"\nfalse candidates: {false} in {N_NULL_CATALOGUES} stream-free catalogues "
+          f"({rate:.3f}/job) at sigma >= {DEFAULT_SIGMA_THRESHOLD}; nominal "
+          f"{expected_false_candidates(DEFAULT_SIGMA_THRESHOLD):.1e}/job; max sigma per job: "
+          f"median {np.median(max_sigma):.2f}, max {np.max(max_sigma):.2f}")
+    assert false == 0
+    # calibration, not just a high bar: the largest noise sigma of a job is not ~0 or ~inf
+    assert -3.0 < np.median(max_sigma) < 3.0
+
+
+@pytest.mark.parametrize("key,seed", [("gd-1", 1), ("palomar-5", 2), ("jhelum", 3)])
+def test_injected_stream_is_detected_with_members(key, seed):
+    cols = synthetic_catalogue(key, n_background=15000, n_stream=400, seed=seed)
+    X, sid = _features(cols, key)
+    r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD)
+    assert r.cands.candidates, "stream not detected"
+    best = r.cands.candidates[0]
+    truth = np.asarray(cols["is_stream"])
+    tp = truth[best.members].sum()
+    print(f"\n{key}: sigma={best.significance:.1f} completeness={tp / truth.sum():.2f} "
+          f"purity={tp / len(best.members):.2f}")
+    assert tp / truth.sum() > 0.5 and tp / len(best.members) > 0.4
+
+
+def test_sigma_is_monotonic_and_look_elsewhere_corrected():
+    null = fit_null(np.random.default_rng(0).exponential(0.1, 500))
+    pers = np.linspace(0.05, 2.0, 40)
+    s10 = job_sigma(null.log_survival(pers), 10)
+    s1000 = job_sigma(null.log_survival(pers), 1000)
+    assert np.all(np.diff(s10) >= 0)
+    assert np.all(s1000 <= s10)  # more peaks searched: less significant
+    assert np.isfinite(job_sigma(null.log_survival([50.0]), 100)).all()
+
+
+@pytest.mark.parametrize("value,expected", [(3, 3.0), (4.5, 4.5), (np.float32(2.5), 2.5)])
+def test_integer_sigma_is_kept(value, expected):
+    assert validate_sigma(value) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "3", None, True])
+def test_bad_sigma_rejected(bad):
+    with pytest.raises(ValueError, match="sigmaThreshold"):
+        validate_sigma(bad)
