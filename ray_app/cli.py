@@ -84,7 +84,12 @@ def cmd_catalog(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ray-app", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="ray-app",
+        description="Recover stellar streams from Gaia catalogues: exact kNN density, H0 "
+                    "persistence, calibrated significance, member lists. Runs on a local Ray "
+                    "instance with a local results folder; no AWS account or GPU needed.",
+        epilog="Exit codes: 0 success, 2 bad input (nothing written), 1 other failure.")
     p.add_argument("--version", action="version", version=f"ray-app {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 

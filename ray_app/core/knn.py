@@ -218,7 +218,8 @@ def knn_cpu(X, source_id, k: int, query_rows=None, workers: int = -1, tree=None)
     source_id = np.ascontiguousarray(source_id, dtype=np.int64)
     n_ref = X.shape[0]
     k = validate_k(k, n_ref)
-    query_rows = np.arange(n_ref) if query_rows is None else np.asarray(query_rows, np.int64)
+    all_rows = query_rows is None
+    query_rows = np.arange(n_ref) if all_rows else np.asarray(query_rows, np.int64)
     tree = cKDTree(X, balanced_tree=False, compact_nodes=False) if tree is None else tree
     indices = np.empty((len(query_rows), k), dtype=np.int64)
     kth = np.empty(len(query_rows))
@@ -228,7 +229,8 @@ def knn_cpu(X, source_id, k: int, query_rows=None, workers: int = -1, tree=None)
     requeried = 0
     while len(todo):
         m_eff = min(m, n_ref)
-        dist, cand = tree.query(X[query_rows[todo]], k=m_eff, workers=workers)
+        points = X if all_rows and len(todo) == n_ref else X[query_rows[todo]]
+        dist, cand = tree.query(points, k=m_eff, workers=workers)
         dist = dist.reshape(len(todo), m_eff)
         cand = cand.reshape(len(todo), m_eff).astype(np.int64)
         cand[cand >= n_ref] = -1
