@@ -26,8 +26,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ray_app.config import RecoverParams
-from ray_app.core.features import FeatureScales, feature_matrix
-from ray_app.core.frames import icrs_to_frame
+from ray_app.core.features import stream_features
 from ray_app.core.recovery import calibrate_null, candidates, density, diagram
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import synthetic_catalogue
@@ -38,12 +37,9 @@ from ray_app.runner import run_recovery
 def _features(n: int, seed: int = 1):
     n_stream = max(50, n // 100)
     cols = synthetic_catalogue("gd-1", n_background=n - n_stream, n_stream=n_stream, seed=seed)
-    frame = get_stream("gd-1").frame
-    p1, p2, pm1, pm2 = icrs_to_frame(frame, cols["ra"], cols["dec"], cols["pmra"],
-                                     cols["pmdec"])
-    raw = {"phi1": p1, "phi2": p2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
-           "parallax": cols["parallax"]}
-    return feature_matrix(raw, FeatureScales()), cols["source_id"], n_stream
+    _, X = stream_features(get_stream("gd-1").frame, cols["ra"], cols["dec"], cols["pmra"],
+                           cols["pmdec"], cols["parallax"])
+    return X, cols["source_id"], n_stream
 
 
 def _best(fn, repeat):

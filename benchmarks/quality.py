@@ -21,23 +21,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ray_app.core.features import FeatureScales, feature_matrix
-from ray_app.core.frames import icrs_to_frame
+from ray_app.core.features import FeatureScales, stream_features
 from ray_app.core.recovery import recover
 from ray_app.core.significance import expected_false_candidates
 from ray_app.data.registry import get_stream
-from ray_app.data.synthetic import synthetic_catalogue
+from ray_app.data.synthetic import shuffle_kinematics, synthetic_catalogue
 
 THRESHOLDS = (3.0, 4.0, 5.0)
 
 
 def features(cols, key, scales=None):
-    frame = get_stream(key).frame
-    p1, p2, pm1, pm2 = icrs_to_frame(frame, cols["ra"], cols["dec"], cols["pmra"],
-                                     cols["pmdec"])
-    raw = {"phi1": p1, "phi2": p2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
-           "parallax": np.asarray(cols["parallax"])}
-    return feature_matrix(raw, scales or FeatureScales()), np.asarray(cols["source_id"])
+    _, X = stream_features(get_stream(key).frame, cols["ra"], cols["dec"], cols["pmra"],
+                           cols["pmdec"], cols["parallax"], scales)
+    return X, np.asarray(cols["source_id"])
 
 
 def null_table(n_jobs: int, real: dict) -> None:
@@ -47,10 +43,7 @@ def null_table(n_jobs: int, real: dict) -> None:
     kinds = []
     for i in range(n_jobs):
         if i % 4 == 3:
-            cols = dict(real)
-            perm = rng.permutation(len(cols["ra"]))
-            for c in ("pmra", "pmdec", "parallax"):
-                cols[c] = real[c][perm]
+            cols = shuffle_kinematics(real, rng)
             key, kind = "gd-1", "real GD-1 field, shuffled"
         else:
             key = ("gd-1", "palomar-5", "jhelum")[i % 4]

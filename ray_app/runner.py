@@ -16,8 +16,7 @@ import pyarrow as pa
 
 from . import __version__
 from .config import RecoverParams
-from .core.features import FEATURE_NAMES, feature_matrix, finite_rows
-from .core.frames import icrs_to_frame
+from .core.features import FEATURE_NAMES, finite_rows, stream_features
 from .core.knn import validate_k
 from .core.persistence import merge_forests
 from .core.recovery import calibrate_null, candidate_labels, candidates, summarize_members
@@ -118,11 +117,9 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     sid = clean["source_id"].astype(np.int64)
     done("clean")
 
-    phi1, phi2, pm1, pm2 = icrs_to_frame(params.stream.frame, clean["ra"], clean["dec"],
-                                         clean["pmra"], clean["pmdec"])
-    raw = {"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
-           "parallax": clean["parallax"]}
-    X = feature_matrix(raw, params.scales)
+    raw, X = stream_features(params.stream.frame, clean["ra"], clean["dec"], clean["pmra"],
+                             clean["pmdec"], clean["parallax"], params.scales)
+    phi1, phi2, pm1, pm2 = (raw[n] for n in FEATURE_NAMES[:4])
     done("features")
 
     sharded = engine.density_and_forests(X, sid, params.n_neighbors)

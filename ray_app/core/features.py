@@ -69,3 +69,31 @@ def finite_rows(columns: dict) -> np.ndarray:
         ok = np.isfinite(np.asarray(columns[n], dtype=np.float64))
         mask = ok if mask is None else mask & ok
     return mask
+
+
+def stream_features(frame, ra, dec, pmra, pmdec, parallax,
+                    scales: FeatureScales | None = None) -> tuple[dict, np.ndarray]:
+    """Frame coordinates and scaled features of stars given in ICRS.
+
+    Parameters
+    ----------
+    frame : StreamFrame
+        The job's frame.
+    ra, dec, pmra, pmdec, parallax : arrays
+        Degrees, mas/yr (pmra includes cos(dec)), mas.
+    scales : FeatureScales, optional
+        Default: :class:`FeatureScales()`.
+
+    Returns
+    -------
+    raw : dict
+        Unscaled features by name (:data:`FEATURE_NAMES`).
+    X : (n, 5) float64
+        Scaled features.
+    """
+    from .frames import icrs_to_frame
+
+    phi1, phi2, pm1, pm2 = icrs_to_frame(frame, ra, dec, pmra, pmdec)
+    raw = {"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
+           "parallax": np.asarray(parallax, dtype=np.float64)}
+    return raw, feature_matrix(raw, scales or FeatureScales())

@@ -109,3 +109,16 @@ def synthetic_catalogue(stream: str | StreamInfo = "gd-1", n_background: int = 2
         "is_stream": np.concatenate([np.zeros(nb, bool), np.ones(ns, bool)])[order],
     }
     return cols
+
+
+def shuffle_kinematics(cols: dict, rng: np.random.Generator) -> dict:
+    """A stream-free copy of a catalogue: proper motions and parallax permuted across stars.
+
+    Positions stay; ``pmra``, ``pmdec`` and ``parallax`` move together to a random other star,
+    so both marginals survive and any stream (coherent in position *and* motion) is destroyed.
+    """
+    out = dict(cols)
+    perm = rng.permutation(len(cols["ra"]))
+    for c in ("pmra", "pmdec", "parallax"):
+        out[c] = np.asarray(cols[c])[perm]
+    return out
