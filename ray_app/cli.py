@@ -49,11 +49,13 @@ def cmd_recover(args) -> int:
                            sigma_threshold=args.sigma_threshold, input_path=args.input,
                            out_dir=args.out or f"results/{args.stream_key.lower()}",
                            seed=args.seed, write_ecsv=not args.no_ecsv,
-                           n_background=args.n_background, n_stream=args.n_stream)
+                           n_background=args.n_background, n_stream=args.n_stream,
+                           shards=args.shards)
     from .engine.engines import default_engine
     from .runner import run_recovery
 
-    engine = default_engine(args.engine, **({"num_cpus": args.num_cpus}
+    engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
+                                             "max_actors": args.max_actors}
                                             if args.engine == "ray" else {}))
     try:
         summary = run_recovery(params, engine, progress=_progress_printer())
@@ -113,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", choices=("ray", "in-process"), default="ray",
                    help="run shards on a local Ray instance (default) or in this process")
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
+    r.add_argument("--shards", type=_number, default=None,
+                   help="phi1 slabs to split the job into (default: from star count and "
+                        "actor memory, RAY_APP_MEMORY_PER_ACTOR); results do not depend on it")
+    r.add_argument("--max-actors", type=int, default=None,
+                   help="density actors in the pool (default: one per GPU, else 1)")
     r.set_defaults(func=cmd_recover)
 
     c = sub.add_parser("catalog", help="list known stream keys")

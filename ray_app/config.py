@@ -15,6 +15,7 @@ from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
 from .data.registry import get_stream
 
 DEFAULT_N_NEIGHBORS = 32
+MAX_SHARDS = 4096
 
 
 @dataclass
@@ -39,6 +40,8 @@ class RecoverParams:
         Write ``gaia_table.ecsv`` (skip for very large tables).
     n_background, n_stream : int
         Synthetic catalogue sizes when no input is given.
+    shards : int, optional
+        Shard count (``shards``); default chosen from the star count and actor memory.
     scales : FeatureScales
     """
 
@@ -51,6 +54,7 @@ class RecoverParams:
     write_ecsv: bool = True
     n_background: int = 30000
     n_stream: int = 500
+    shards: int | None = None
     scales: FeatureScales = field(default_factory=FeatureScales)
 
     def __post_init__(self) -> None:
@@ -59,6 +63,11 @@ class RecoverParams:
         self.sigma_threshold = validate_sigma(self.sigma_threshold)
         if self.input_path is not None and not Path(self.input_path).exists():
             raise ValueError(f"input {self.input_path!r} does not exist")
+        if self.shards is not None and (isinstance(self.shards, bool)
+                                        or not isinstance(self.shards, int)
+                                        or not 1 <= self.shards <= MAX_SHARDS):
+            raise ValueError(f"shards must be an integer in [1, {MAX_SHARDS}], "
+                             f"got {self.shards!r}")
         for name in ("n_background", "n_stream", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

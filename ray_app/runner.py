@@ -122,7 +122,12 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     phi1, phi2, pm1, pm2 = (raw[n] for n in FEATURE_NAMES[:4])
     done("features")
 
-    sharded = engine.density_and_forests(X, sid, params.n_neighbors)
+    def shard_progress(done_shards: int, total: int) -> None:
+        lo, hi = STAGES["features"], STAGES["density"]
+        progress(lo + (hi - lo) * done_shards // max(total, 1), "density")
+
+    sharded = engine.density_and_forests(X, sid, params.n_neighbors, shards=params.shards,
+                                         progress=shard_progress)
     f = sharded.log_density
     done("density")
 
@@ -169,7 +174,11 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
             "n_tests": cres.n_tests, **null.to_dict()},
         "membership": "death-level core of each pair (essential classes: key saddle)",
         "engine": {"name": engine.name, "backend": sharded.backend,
-                   "shards": len(sharded.forests), "shard_seconds": sharded.shard_seconds},
+                   "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
+                   "shard_axis": FEATURE_NAMES[sharded.axis], "halo": sharded.halo,
+                   "halo_fixup_stars": sharded.halo_widened,
+                   "forest_retries": sharded.forest_retries,
+                   "shard_nodes": sharded.placement},
         "data": provenance,
         "software": _versions(),
         "timings_s": timings,

@@ -61,7 +61,7 @@ class CandidateResult:
 
 
 def density(X, source_id, k: int, n_total: int | None = None, query_rows=None,
-            backend: str = "cpu", xp=None) -> DensityResult:
+            backend: str = "cpu", xp=None, workers: int = -1) -> DensityResult:
     """kNN and log-density (DESIGN 2.3-2.4) for the query rows of ``X``.
 
     Parameters
@@ -70,10 +70,12 @@ def density(X, source_id, k: int, n_total: int | None = None, query_rows=None,
         ``cpu``: cKDTree; ``xp``: tiled brute force on the array module ``xp``.
     n_total : int, optional
         Global star count for the density normalisation (default: ``len(X)``).
+    workers : int
+        Threads of the CPU kNN query (-1: all cores).
     """
     n_total = len(X) if n_total is None else n_total
     if backend == "cpu":
-        res = knn_cpu(X, source_id, k, query_rows=query_rows)
+        res = knn_cpu(X, source_id, k, query_rows=query_rows, workers=workers)
     elif backend == "xp":
         res = knn_xp(X, source_id, k, query_rows=query_rows, xp=np if xp is None else xp)
     else:
@@ -135,6 +137,11 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
         d = density(Xs, sid, min(k, len(rows) - 1))
         diagrams.append((d.log_density, diagram(d.log_density, sid, d.indices)))
     finite = np.concatenate([f[p.peak] - f[p.saddle] for f, p in diagrams])
+    if len(finite) < 8:
+        raise ValueError(
+            f"significance calibration needs at least 8 noise peaks; {n} stars at "
+            f"nNeighbors={k} give {len(finite)} in {rounds} shuffled copies: use more stars "
+            "or a smaller nNeighbors")
     null = fit_null(finite)
     # The background's highest density in a copy of n_sub stars; a job with more stars samples
     # the same background more often: its maximum rises by lambda * ln(N / n_sub) in the

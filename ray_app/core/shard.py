@@ -20,10 +20,11 @@ from .recovery import DensityResult, density
 
 
 def shard_density(X_ref, sid_ref, owned_rows, k: int, n_total: int, backend: str = "cpu",
-                  xp=None) -> DensityResult:
+                  xp=None, workers: int = -1) -> DensityResult:
     """kNN + log-density of the owned rows against the whole reference set."""
     return density(np.asarray(X_ref), np.asarray(sid_ref), k, n_total=n_total,
-                   query_rows=np.asarray(owned_rows), backend=backend, xp=xp)
+                   query_rows=np.asarray(owned_rows), backend=backend, xp=xp,
+                   workers=workers)
 
 
 def shard_forest(log_density_ref, sid_ref, owned_rows, indices) -> tuple[np.ndarray, np.ndarray]:

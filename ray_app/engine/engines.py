@@ -1,102 +1,135 @@
-"""Engines: who runs the shard stages. The job runner receives one (hats-import style).
+"""Engines: who runs a job's shards. The job runner receives one (hats-import style).
 
-* :class:`InProcessEngine` calls the stage functions directly (tests, benchmarks);
-* :class:`RayEngine` runs them on named ``DensityActor`` actors through the object store.
+* :class:`InProcessEngine` runs the shards in this process (tests, benchmarks, no Ray);
+* :class:`RayEngine` runs them on a :class:`~ray_app.engine.pool.DensityPool` of named
+  ``DensityActor`` s, arrays travelling through the object store once per job.
 
-Both return the same :class:`ShardedDensity`; the driver merges its forests exactly.
+Both run the same orchestration (``orchestrate.sharded_density_and_forests``) and return the
+same :class:`ShardedDensity`; the driver merges its forests exactly.
 """
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core.backend import detect_backend
-from ..core.shard import shard_density, shard_forest
+from ..core.sharding import choose_shard_count
+from .orchestrate import InProcessExecutor, ShardedDensity, sharded_density_and_forests
+
+#: Default memory one actor may use for a shard (bytes); ``RAY_APP_MEMORY_PER_ACTOR`` overrides.
+DEFAULT_MEMORY_PER_ACTOR = 4 * 2**30
+
+__all__ = ["InProcessEngine", "RayEngine", "ShardedDensity", "default_engine"]
 
 
-@dataclass
-class ShardedDensity:
-    """Global kNN/density results gathered from the shards, plus their forests."""
-
-    log_density: np.ndarray
-    kth_distance: np.ndarray
-    forests: list[tuple[np.ndarray, np.ndarray]]
-    backend: dict
-    shard_seconds: list[float] = field(default_factory=list)
-    requeried: int = 0
+def _memory_per_actor(value: int | None) -> int:
+    if value is not None:
+        return int(value)
+    return int(os.environ.get("RAY_APP_MEMORY_PER_ACTOR", DEFAULT_MEMORY_PER_ACTOR))
 
 
 class InProcessEngine:
-    """Runs the shard stages in this process (one shard)."""
+    """Runs every shard in this process, one after the other."""
 
     name = "in-process"
 
-    def __init__(self, prefer_backend: str = "auto"):
+    def __init__(self, prefer_backend: str = "auto", memory_per_actor: int | None = None):
         self.backend = detect_backend(prefer_backend)
+        self.memory_per_actor = _memory_per_actor(memory_per_actor)
 
-    def density_and_forests(self, X, source_id, k: int) -> ShardedDensity:
-        t0 = time.perf_counter()
-        rows = np.arange(len(X))
-        d = shard_density(X, source_id, rows, k, len(X), backend=self.backend.knn,
-                          xp=self.backend.xp)
-        forest = shard_forest(d.log_density, source_id, rows, d.indices)
-        return ShardedDensity(d.log_density, d.kth_distance, [forest], self.backend.to_dict(),
-                              [time.perf_counter() - t0], d.requeried)
+    def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
+                            progress=None) -> ShardedDensity:
+        n_shards = choose_shard_count(len(X), k, self.memory_per_actor, shards)
+        return sharded_density_and_forests(X, source_id, k, InProcessExecutor(self.backend),
+                                           n_shards, progress=progress)
 
     def close(self) -> None:
         pass
 
 
+class _PoolExecutor:
+    """Executor that sends one job's shard calls to the shared pool."""
+
+    def __init__(self, pool, job: str):
+        import ray
+
+        self._ray = ray
+        self.pool = pool
+        self.job = job
+
+    def prepare(self, X, sid):
+        return self._ray.put(X), self._ray.put(sid)
+
+    def density(self, ctx, tasks):
+        futures = [self.pool.submit(self.job, "density", (ctx[0], ctx[1], t), t.key)
+                   for t in tasks]
+        return [f.result() for f in futures]
+
+    def forest(self, ctx, log_density, calls):
+        f_ref = self._ray.put(np.ascontiguousarray(log_density))
+        futures = [self.pool.submit(self.job, "forest", (key, f_ref, exclude), key)
+                   for key, exclude in calls]
+        return [f.result() for f in futures]
+
+
 class RayEngine:
-    """Runs shards on ``DensityActor`` actors of a Ray cluster (local or remote).
+    """Runs shards on a pool of density actors of a Ray cluster (local or remote).
 
     Parameters
     ----------
     address : str, optional
-        Ray address; default starts (or joins) a local instance.
+        Ray address; default joins the job's cluster or starts a local instance.
     num_cpus : int, optional
         CPUs for a new local instance.
-    num_gpus_per_actor : float
-        GPUs per actor (0 on machines without GPUs; 1 on the cluster).
+    num_gpus_per_actor : float, optional
+        GPUs per actor; default 1 when the cluster has (or can autoscale to) GPUs, else 0.
+    max_actors : int, optional
+        Pool size limit (``RAY_APP_MAX_ACTORS``; default 1 per GPU seen, at least 1).
+    memory_per_actor : int, optional
+        Bytes a shard may use; bigger jobs are split into more shards.
+    idle_release_s : float
+        Idle actors are released after this many seconds.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 num_gpus_per_actor: float | None = None, prefer_backend: str = "auto"):
+                 num_gpus_per_actor: float | None = None, max_actors: int | None = None,
+                 prefer_backend: str = "auto", memory_per_actor: int | None = None,
+                 idle_release_s: float = 300.0, min_actors: int = 0):
         import ray
+
+        from .pool import DensityPool
 
         self._ray = ray
         self._owns_ray = False
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=True, logging_level="WARNING")
+                     logging_level="WARNING")
             self._owns_ray = True
+        gpus = ray.cluster_resources().get("GPU", 0)
         if num_gpus_per_actor is None:
-            num_gpus_per_actor = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        from .actors import get_or_create_density_actor
+            num_gpus_per_actor = 1.0 if gpus >= 1 else 0.0
+        if max_actors is None:
+            max_actors = int(os.environ.get("RAY_APP_MAX_ACTORS", 0)) or max(
+                1, int(gpus // num_gpus_per_actor) if num_gpus_per_actor else 1)
+        self.memory_per_actor = _memory_per_actor(memory_per_actor)
+        self.pool = DensityPool(max_actors=max_actors, num_gpus=num_gpus_per_actor,
+                                prefer_backend=prefer_backend, idle_release_s=idle_release_s,
+                                min_actors=min_actors)
 
-        self._actor = get_or_create_density_actor(0, num_gpus=num_gpus_per_actor,
-                                                  prefer_backend=prefer_backend)
-
-    def density_and_forests(self, X, source_id, k: int) -> ShardedDensity:
-        ray = self._ray
-        key = uuid.uuid4().hex
-        X_ref = ray.put(np.ascontiguousarray(X))
-        sid_ref = ray.put(np.ascontiguousarray(source_id))
-        n = len(X)
-        dens = ray.get(self._actor.density.remote(key, X_ref, sid_ref, None, k, n))
-        src, dst, forest_seconds = ray.get(self._actor.forest.remote(key, dens["log_density"]))
-        return ShardedDensity(dens["log_density"], dens["kth_distance"], [(src, dst)],
-                              dens["backend"], [dens["seconds"] + forest_seconds],
-                              dens["requeried"])
+    def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
+                            progress=None) -> ShardedDensity:
+        n_shards = choose_shard_count(len(X), k, self.memory_per_actor, shards)
+        executor = _PoolExecutor(self.pool, uuid.uuid4().hex[:12])
+        return sharded_density_and_forests(X, source_id, k, executor, n_shards,
+                                           progress=progress)
 
     def close(self) -> None:
+        self.pool.shutdown()
         if self._owns_ray:
             self._ray.shutdown()
 
@@ -107,5 +140,6 @@ def default_engine(kind: str = "ray", **kwargs):
     if kind == "ray":
         return RayEngine(**kwargs)
     if kind == "in-process":
-        return InProcessEngine(**{k: v for k, v in kwargs.items() if k == "prefer_backend"})
+        allowed = {"prefer_backend", "memory_per_actor"}
+        return InProcessEngine(**{k: v for k, v in kwargs.items() if k in allowed})
     raise ValueError(f"engine must be 'ray' or 'in-process', got {kind!r}")

@@ -1,0 +1,129 @@
+"""The Ray engine on a real multi-node cluster (ray.cluster_utils.Cluster, fake GPUs)."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ray_app.core.backend import detect_backend
+from ray_app.core.features import stream_features
+from ray_app.core.persistence import merge_forests
+from ray_app.data.registry import get_stream
+from ray_app.data.synthetic import synthetic_catalogue
+from ray_app.engine.orchestrate import (
+    DensityTask,
+    InProcessExecutor,
+    sharded_density_and_forests,
+)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    workers = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="ERROR")
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    cols = synthetic_catalogue("gd-1", n_background=5000, n_stream=250, seed=21)
+    _, X = stream_features(get_stream("gd-1").frame, cols["ra"], cols["dec"], cols["pmra"],
+                           cols["pmdec"], cols["parallax"])
+    return X, cols["source_id"]
+
+
+def _diagram(X, sid, sharded):
+    p = merge_forests(sharded.log_density, sid, sharded.forests)
+    return sharded.log_density, p.peak, p.saddle, p.essential
+
+
+def test_shards_run_on_gpu_workers_and_survive_an_actor_kill(cluster, catalogue):
+    import ray
+
+    from ray_app.engine.engines import RayEngine
+
+    c, workers = cluster
+    X, sid = catalogue
+    reference = sharded_density_and_forests(X, sid, 16, InProcessExecutor(detect_backend("cpu")))
+    engine = RayEngine(num_gpus_per_actor=1, max_actors=2, idle_release_s=600)
+    killed = []
+
+    def kill_one_actor_between_phases(done, total):
+        if done == total and not killed:  # every density done, no forest started yet
+            actor = ray.get_actor("density-actor-0", namespace="ray-app")
+            ray.kill(actor, no_restart=False)  # it restarts empty-handed
+            killed.append(True)
+
+    sharded = engine.density_and_forests(X, sid, 16, shards=4,
+                                         progress=kill_one_actor_between_phases)
+    assert killed
+    worker_ids = {w.node_id for w in workers}
+    assert set(sharded.placement) <= worker_ids, "shards must run on the GPU worker nodes"
+    assert c.head_node.node_id not in sharded.placement
+    assert sharded.forest_retries >= 1  # the killed actor's shards were recomputed
+    for a, b in zip(_diagram(X, sid, sharded), _diagram(X, sid, reference), strict=True):
+        assert np.array_equal(a, b)
+    engine.pool.shutdown()
+
+
+def test_jobs_interleave_fairly_on_one_actor(cluster, catalogue):
+    from ray_app.engine.pool import DensityPool
+
+    X, sid = catalogue
+    import ray
+
+    X_ref, sid_ref = ray.put(X), ray.put(sid)
+    pool = DensityPool(max_actors=1, num_gpus=1, idle_release_s=600)
+    rows = np.arange(len(X))
+    finished = []
+    lock = threading.Lock()
+
+    def submit(job, i):
+        task = DensityTask(f"{job}-{i}", rows, rows, 16, len(X))
+        fut = pool.submit(job, "density", (X_ref, sid_ref, task), task.key)
+        fut.add_done_callback(lambda _f, name=f"{job}{i}": (lock.acquire(),
+                                                             finished.append(name),
+                                                             lock.release()))
+        return fut
+
+    big = [submit("A", i) for i in range(5)]
+    small = [submit("B", i) for i in range(2)]
+    for f in big + small:
+        f.result(timeout=300)
+    # round robin: the small job does not wait for the whole big job
+    assert finished.index("B1") < finished.index("A4"), finished
+    pool.shutdown()
+
+
+def test_pool_grows_with_backlog_and_releases_idle_actors(cluster, catalogue):
+    import ray
+
+    from ray_app.engine.pool import DensityPool
+
+    X, sid = catalogue
+    X_ref, sid_ref = ray.put(X), ray.put(sid)
+    pool = DensityPool(max_actors=2, num_gpus=1, idle_release_s=1.0, name_prefix="grow")
+    rows = np.arange(len(X))
+    futs = [pool.submit("J", "density", (X_ref, sid_ref, DensityTask(f"J-{i}", rows, rows, 8,
+                                                                     len(X))), f"J-{i}")
+            for i in range(4)]
+    peak = 0
+    while not all(f.done() for f in futs):
+        peak = max(peak, pool.size())
+        time.sleep(0.05)
+    assert peak == 2  # grew to the limit, not beyond
+    for i in range(4):  # release the shard states so the actors are idle
+        pool.submit("J", "drop", (f"J-{i}",), f"J-{i}").result(timeout=60)
+    deadline = time.time() + 30
+    while pool.size() and time.time() < deadline:
+        time.sleep(0.2)
+    assert pool.size() == 0, "idle actors must be released (nodes can scale to zero)"
+    pool.shutdown()

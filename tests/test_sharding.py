@@ -1,0 +1,148 @@
+"""Sharded runs equal the single-shard run exactly, whatever the shard count or failures."""
+
+import numpy as np
+import pytest
+
+from ray_app.core.backend import detect_backend
+from ray_app.core.features import stream_features
+from ray_app.core.persistence import merge_forests
+from ray_app.core.recovery import calibrate_null, candidates, density, diagram
+from ray_app.core.sharding import choose_shard_count, plan_shards
+from ray_app.data.registry import get_stream
+from ray_app.data.synthetic import synthetic_catalogue
+from ray_app.engine.engines import InProcessEngine
+from ray_app.engine.orchestrate import (
+    InProcessExecutor,
+    MissingShardState,
+    sharded_density_and_forests,
+)
+
+CPU = detect_backend("cpu")
+
+
+def _outputs(X, sid, k, sharded):
+    """Diagram, essential classes, candidates and members from a sharded run."""
+    pers = merge_forests(sharded.log_density, sid, sharded.forests)
+    null = calibrate_null(X, sid, k, seed=3, rounds=2)
+    c = candidates(pers, sharded.log_density, 4.0, null)
+    return {"f": sharded.log_density, "peak": pers.peak, "saddle": pers.saddle,
+            "essential": pers.essential,
+            "cands": [(x.peak, x.saddle, x.significance, tuple(x.members)) for x in c.candidates]}
+
+
+def _reference(X, sid, k):
+    d = density(X, sid, k)
+    p = diagram(d.log_density, sid, d.indices)
+    null = calibrate_null(X, sid, k, seed=3, rounds=2)
+    c = candidates(p, d.log_density, 4.0, null)
+    return {"f": d.log_density, "peak": p.peak, "saddle": p.saddle, "essential": p.essential,
+            "cands": [(x.peak, x.saddle, x.significance, tuple(x.members)) for x in c.candidates]}
+
+
+def _assert_same(a, b):
+    assert np.array_equal(a["f"], b["f"])
+    for name in ("peak", "saddle", "essential"):
+        assert np.array_equal(a[name], b[name]), name
+    assert a["cands"] == b["cands"]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    cols = synthetic_catalogue("gd-1", n_background=6000, n_stream=300, seed=11)
+    _, X = stream_features(get_stream("gd-1").frame, cols["ra"], cols["dec"], cols["pmra"],
+                           cols["pmdec"], cols["parallax"])
+    # stars exactly on shard cuts and duplicated coordinates
+    X[100:140, 0] = np.quantile(X[:, 0], 0.5)
+    X[200:210] = X[200]
+    X[300:302] = X[301]
+    return X, cols["source_id"]
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_shard_counts_give_identical_results(synthetic, n_shards, axis):
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    sharded = sharded_density_and_forests(X, sid, 16, InProcessExecutor(CPU), n_shards,
+                                          axis=axis)
+    assert sharded.shards >= min(n_shards, 2) or n_shards == 1
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+
+
+@pytest.mark.parametrize("n_shards", [2, 3, 5, 8])
+def test_real_gd1_field_sharded(gd1_field, n_shards):
+    t, _ = gd1_field
+    _, X = stream_features(get_stream("gd-1").frame, t["ra"].to_numpy(), t["dec"].to_numpy(),
+                           t["pmra"].to_numpy(), t["pmdec"].to_numpy(),
+                           t["parallax"].to_numpy())
+    sid = t["source_id"].to_numpy()
+    ref = _reference(X, sid, 32)
+    assert ref["cands"], "GD-1 should be a candidate at sigma 4"
+    sharded = sharded_density_and_forests(X, sid, 32, InProcessExecutor(CPU), n_shards)
+    _assert_same(_outputs(X, sid, 32, sharded), ref)
+
+
+def test_too_narrow_halo_is_fixed_not_ignored(synthetic):
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    sharded = sharded_density_and_forests(X, sid, 16, InProcessExecutor(CPU), 5, halo=0.05)
+    assert sharded.halo_widened > len(X) // 4  # most stars needed the fix-up shard
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+
+
+def test_shards_smaller_than_k():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 5))
+    sid = rng.choice(10**12, 120, replace=False).astype(np.int64)
+    shards = plan_shards(X, 8, halo=0.01, min_reference=33)
+    assert min(len(s.owned) for s in shards) < 32
+    assert all(len(s.ref) >= 33 for s in shards)
+    d = density(X, sid, 32)
+    whole = diagram(d.log_density, sid, d.indices)
+    sharded = sharded_density_and_forests(X, sid, 32, InProcessExecutor(CPU), 8)
+    merged = merge_forests(sharded.log_density, sid, sharded.forests)
+    assert np.array_equal(sharded.log_density, d.log_density)
+    assert np.array_equal(merged.peak, whole.peak) and np.array_equal(merged.saddle,
+                                                                       whole.saddle)
+    assert np.array_equal(merged.essential, whole.essential)
+    # too small to calibrate a significance: a clear error, not a made-up sigma
+    with pytest.raises(ValueError, match="at least 8 noise peaks"):
+        calibrate_null(X, sid, 32)
+
+
+class _ForgetfulExecutor(InProcessExecutor):
+    """Loses every shard's state once between the phases (an actor restart)."""
+
+    forgot = False
+
+    def forest(self, ctx, log_density, calls):
+        if not self.forgot:
+            self.forgot = True
+            self.worker._pending.clear()
+        return super().forest(ctx, log_density, calls)
+
+
+def test_lost_shard_state_is_recomputed(synthetic):
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    sharded = sharded_density_and_forests(X, sid, 16, _ForgetfulExecutor(CPU), 4)
+    assert sharded.forest_retries >= 4
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+    assert isinstance(InProcessExecutor(CPU).forest(None, None, [("nope", None)])[0],
+                      MissingShardState)
+
+
+def test_job_larger_than_actor_memory_is_split(synthetic):
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    engine = InProcessEngine(prefer_backend="cpu", memory_per_actor=2 * 2**20)  # 2 MiB
+    assert choose_shard_count(len(X), 16, 2 * 2**20) > 1
+    sharded = engine.density_and_forests(X, sid, 16)
+    assert sharded.shards > 1
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", True])
+def test_bad_shard_count(bad):
+    with pytest.raises(ValueError, match="shards"):
+        choose_shard_count(1000, 8, 2**30, bad)
