@@ -178,7 +178,7 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                    "shard_axis": FEATURE_NAMES[sharded.axis], "halo": sharded.halo,
                    "halo_fixup_stars": sharded.halo_widened,
                    "forest_retries": sharded.forest_retries,
-                   "shard_nodes": sharded.placement},
+                   "shard_nodes": sharded.placement, "shard_actors": sharded.actors},
         "data": provenance,
         "software": _versions(),
         "timings_s": timings,

@@ -159,6 +159,6 @@ def test_recover_through_local_ray(local_ray, demo_run, tmp_path):
     assert main(["recover", "gd-1", "--out", str(out), *args]) == 0
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["engine"]["name"] == "ray" and meta["engine"]["backend"]["name"] == "cpu"
-    assert meta["engine"]["backend"]["actor"] == "density-actor-0"
+    assert meta["engine"]["shard_actors"] == ["density-actor-0"]
     assert json.loads((out / "candidates.json").read_text()) == json.loads(
         (demo_run / "candidates.json").read_text())

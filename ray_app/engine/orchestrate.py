@@ -154,6 +154,7 @@ def sharded_density_and_forests(X, sid, k: int, executor, n_shards: int = 1, see
     kth = np.empty(n)
     seconds: dict[int, float] = {}
     placement: dict[int, str] = {}
+    actors: dict[int, str] = {}
     backend: dict = {}
     excluded: dict[int, np.ndarray] = {}
     counters = {"requeried": 0, "done": 0}
@@ -169,6 +170,7 @@ def sharded_density_and_forests(X, sid, k: int, executor, n_shards: int = 1, see
             seconds[s.index] = seconds.get(s.index, 0.0) + r["seconds"]
             counters["requeried"] += r["requeried"]
             placement[s.index] = r.get("node_id", "local")
+            actors[s.index] = r.get("actor", "in-process")
             backend.update(r.get("backend", {}))
             fails = halo_failures(s, X, r["kth_distance"])
             keep = np.ones(len(s.owned), dtype=bool)
@@ -210,4 +212,5 @@ def sharded_density_and_forests(X, sid, k: int, executor, n_shards: int = 1, see
         backend=backend, shard_seconds=[seconds[s.index] for s in shards],
         requeried=counters["requeried"], shards=len(shards), halo=float(halo),
         halo_widened=len(failing), forest_retries=forest_retries,
-        placement=[placement[s.index] for s in shards], axis=shards[0].axis)
+        placement=[placement[s.index] for s in shards],
+        actors=[actors[s.index] for s in shards], axis=shards[0].axis)
