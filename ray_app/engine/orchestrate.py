@@ -58,6 +58,7 @@ class ShardedDensity:
     forest_retries: int = 0
     axis: int = 0
     placement: list[str] = field(default_factory=list)
+    actors: list[str] = field(default_factory=list)
 
 
 class ShardWorker:
