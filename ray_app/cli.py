@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 
 from . import __version__
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
@@ -44,6 +46,9 @@ def _progress_printer(stream=sys.stderr):
 
 def cmd_recover(args) -> int:
     from .config import RecoverParams
+    from .io.status import SqliteStatusStore
+    from .jobspec import validate_job_id
+    from .service import local_home, new_job_id
 
     params = RecoverParams(stream_key=args.stream_key, n_neighbors=args.n_neighbors,
                            sigma_threshold=args.sigma_threshold, input_path=args.input,
@@ -54,20 +59,170 @@ def cmd_recover(args) -> int:
     from .engine.engines import default_engine
     from .runner import run_recovery
 
+    job_id = validate_job_id(args.job_id) if args.job_id else new_job_id()
+    status = SqliteStatusStore(local_home() / "status.db")  # embedded local mode
+    status.claim(job_id, "local-cli", lease_s=365 * 86400,
+                 params={"streamKey": params.stream.key, "nNeighbors": params.n_neighbors,
+                         "sigmaThreshold": params.sigma_threshold, "source":
+                         args.input or "synthetic"})
     engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
                                              "max_actors": args.max_actors}
                                             if args.engine == "ray" else {}))
+    printer = _progress_printer()
+
+    def progress(pct: int, stage: str) -> None:
+        printer(pct, stage)
+        status.heartbeat(job_id, "local-cli", 365 * 86400, pct, stage)
+
     try:
-        summary = run_recovery(params, engine, progress=_progress_printer())
+        summary = run_recovery(params, engine, progress=progress)
+    except BaseException as exc:
+        status.fail(job_id, f"{type(exc).__name__}: {exc}", driver_id="local-cli")
+        raise
     finally:
         engine.close()
-    print(f"{summary.n_stars} stars, {summary.n_candidates} candidate(s) at "
+    status.complete(job_id, "local-cli", str(summary.out_dir))
+    print(f"job {job_id}: {summary.n_stars} stars, {summary.n_candidates} candidate(s) at "
           f"sigma >= {params.sigma_threshold:g}; outputs in {summary.out_dir}/")
     for c in summary.candidates[:10]:
         cen = c["centroid"]
         print(f"  #{c['index']}: sigma={c['significance']:.2f} members={c['n_members']} "
               f"phi1~{cen['phi1']:.1f} phi2~{cen['phi2']:.2f} "
               f"pm~({cen['pm_phi1_cosphi2']:.2f}, {cen['pm_phi2']:.2f})")
+    return 0
+
+
+def _service(args):
+    from .service import service_from_env
+
+    return service_from_env(getattr(args, "queue_url", None), getattr(args, "table", None),
+                            getattr(args, "bucket", None))
+
+
+def cmd_submit(args) -> int:
+    from .service import new_job_id, submit
+
+    message = {"jobId": args.job_id or new_job_id(), "streamKey": args.stream_key,
+               "nNeighbors": args.n_neighbors, "sigmaThreshold": args.sigma_threshold}
+    if args.input:
+        message["source"] = args.input
+    if args.shards is not None:
+        message["shards"] = args.shards
+    if args.submitted_by:
+        message["submittedBy"] = args.submitted_by
+    spec = submit(_service(args), message)
+    print(spec.job_id)
+    return 0
+
+
+def _bar(pct: int) -> str:
+    return "#" * (int(pct) // 5)
+
+
+def cmd_status(args) -> int:
+    svc = _service(args)
+    while True:
+        rec = svc.status.get(args.job_id)
+        if rec is None:
+            raise ValueError(f"job {args.job_id!r} not found in the {svc.mode} status store")
+        if args.json:
+            print(json.dumps(rec, indent=2, default=str))
+        else:
+            line = (f"{rec['jobId']}: {rec['status']:<9} [{_bar(rec.get('progress', 0)):<20}] "
+                    f"{rec.get('progress', 0):3d}% {rec.get('stage', '')}")
+            end = "\n" if (not args.watch or rec["status"] in ("COMPLETED", "FAILED")) else ""
+            sys.stdout.write(("\r" if args.watch else "") + line + end)
+            sys.stdout.flush()
+            if rec["status"] in ("COMPLETED", "FAILED") or not args.watch:
+                for key in ("attempts", "driverId", "createdAt", "startedAt", "finishedAt",
+                            "resultPrefix", "error"):
+                    if key in rec:
+                        print(f"  {key}: {rec[key]}")
+        if not args.watch or rec["status"] in ("COMPLETED", "FAILED"):
+            return 0 if rec["status"] != "FAILED" else 1
+        time.sleep(args.interval)
+
+
+def cmd_jobs(args) -> int:
+    svc = _service(args)
+    rows = svc.status.list(status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    print(f"{'jobId':<24} {'status':<10} {'progress':>8}  {'stage':<14} updated")
+    for r in rows:
+        print(f"{r['jobId']:<24} {r['status']:<10} {r.get('progress', 0):>7}%  "
+              f"{r.get('stage', ''):<14} {r.get('updatedAt', '')}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    svc = _service(args)
+    files = svc.results.download(args.job_id, args.to)
+    print(f"{len(files)} file(s) of job {args.job_id} in {args.to}/")
+    return 0
+
+
+def cmd_dlq(args) -> int:
+    from .jobspec import InvalidJob, parse_job
+
+    svc = _service(args)
+    if svc.queue is None:
+        raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
+    if args.redrive:
+        valid = []
+        for msg, _reason in svc.queue.list_dead(args.max, polls=10):
+            try:
+                spec = parse_job(msg.body)
+            except InvalidJob as exc:  # it would only bounce back: leave it, say why
+                print(f"left {msg.message_id} in the DLQ, still invalid: {exc}")
+                continue
+            svc.status.requeue(spec.job_id)  # re-open a FAILED job for a new attempt
+            valid.append(msg)
+        moved = svc.queue.redrive(messages=valid)
+        print(f"redrove {moved} message(s) to {svc.queue.url}")
+        return 0
+    dead = svc.queue.list_dead(args.max, polls=10)
+    for msg, reason in dead:
+        print(f"{msg.message_id}  {reason}\n    {msg.body[:200]}")
+    print(f"{len(dead)} dead letter(s) shown")
+    return 0
+
+
+def _names(args):
+    from .io.provision import ServiceNames
+
+    queue = args.queue or (os.environ.get("QUEUE_URL", "").rstrip("/").split("/")[-1] or None)
+    bucket = args.bucket or os.environ.get("BUCKET_NAME")
+    table = args.table or os.environ.get("TABLE_NAME")
+    missing = [n for n, v in (("--queue", queue), ("--bucket", bucket), ("--table", table))
+               if not v]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or QUEUE_URL / BUCKET_NAME / "
+                         "TABLE_NAME in the environment)")
+    return ServiceNames(queue=queue, bucket=bucket, table=table,
+                        visibility_s=getattr(args, "visibility", 120))
+
+
+def cmd_provision(args) -> int:
+    from .io.provision import provision
+
+    out = provision(_names(args))
+    for what, change in out["report"].items():
+        print(f"{what}: {change}")
+    print(f"QUEUE_URL={out['queue_url']}\nBUCKET_NAME={out['bucket']}\n"
+          f"TABLE_NAME={out['table']}")
+    return 0
+
+
+def cmd_teardown(args) -> int:
+    from .io.provision import teardown
+
+    if not args.yes:
+        raise ValueError("teardown deletes the queue, the DLQ, the bucket and its results, and "
+                         "the table: pass --yes to confirm")
+    for what, change in teardown(_names(args)).items():
+        print(f"{what}: {change}")
     return 0
 
 
@@ -120,7 +275,71 @@ def build_parser() -> argparse.ArgumentParser:
                         "actor memory, RAY_APP_MEMORY_PER_ACTOR); results do not depend on it")
     r.add_argument("--max-actors", type=int, default=None,
                    help="density actors in the pool (default: one per GPU, else 1)")
+    r.add_argument("--job-id", help="jobId to record in the local status store "
+                                    "(default: random)")
     r.set_defaults(func=cmd_recover)
+
+    def aws_flags(p):
+        p.add_argument("--queue-url", help="SQS queue URL (default $QUEUE_URL)")
+        p.add_argument("--table", help="DynamoDB table (default $TABLE_NAME; unset: local "
+                                       "SQLite store under $RAY_APP_HOME)")
+        p.add_argument("--bucket", help="S3 bucket (default $BUCKET_NAME)")
+
+    sb = sub.add_parser("submit", help="queue a job (status PENDING + SQS message); prints "
+                                       "its jobId")
+    sb.add_argument("stream_key")
+    sb.add_argument("--job-id", help="1-128 characters of [A-Za-z0-9_-] (default: random)")
+    sb.add_argument("--n-neighbors", type=_number, default=32)
+    sb.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD)
+    sb.add_argument("--input", help="catalogue: Parquet path or s3://bucket/key "
+                                    "(default: synthetic)")
+    sb.add_argument("--shards", type=_number, default=None)
+    sb.add_argument("--submitted-by", default=os.environ.get("USER"))
+    aws_flags(sb)
+    sb.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="one job's status")
+    st.add_argument("job_id")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true", help="refresh until the job finishes")
+    st.add_argument("--interval", type=float, default=2.0)
+    aws_flags(st)
+    st.set_defaults(func=cmd_status)
+
+    jb = sub.add_parser("jobs", help="recent jobs")
+    jb.add_argument("--status", choices=("PENDING", "RUNNING", "COMPLETED", "FAILED"))
+    jb.add_argument("--limit", type=int, default=50)
+    jb.add_argument("--json", action="store_true")
+    aws_flags(jb)
+    jb.set_defaults(func=cmd_jobs)
+
+    rs = sub.add_parser("results", help="download a job's outputs")
+    rs.add_argument("job_id")
+    rs.add_argument("--to", required=True, help="local directory")
+    aws_flags(rs)
+    rs.set_defaults(func=cmd_results)
+
+    dq = sub.add_parser("dlq", help="list dead letters, or --redrive them to the queue")
+    dq.add_argument("--redrive", action="store_true",
+                    help="move valid dead letters back and re-open their FAILED jobs "
+                         "(invalid ones stay, with the reason printed)")
+    dq.add_argument("--max", type=int, default=10)
+    aws_flags(dq)
+    dq.set_defaults(func=cmd_dlq)
+
+    for name, func, helptext in (("provision", cmd_provision,
+                                  "create the queue+DLQ, bucket and table (idempotent)"),
+                                 ("teardown", cmd_teardown, "delete them")):
+        pv = sub.add_parser(name, help=helptext)
+        pv.add_argument("--queue", help="queue name (default: from $QUEUE_URL)")
+        pv.add_argument("--bucket", help="bucket name (default $BUCKET_NAME)")
+        pv.add_argument("--table", help="table name (default $TABLE_NAME)")
+        if name == "provision":
+            pv.add_argument("--visibility", type=int, default=120,
+                            help="queue visibility timeout, s (> the driver's heartbeat)")
+        else:
+            pv.add_argument("--yes", action="store_true", help="confirm deletion")
+        pv.set_defaults(func=func)
 
     c = sub.add_parser("catalog", help="list known stream keys")
     c.add_argument("--json", action="store_true", help="machine-readable output")
@@ -132,6 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:  # bad input: one clear line, non-zero exit, nothing written
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, exit 2
         print(f"ray-app: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

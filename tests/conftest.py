@@ -51,3 +51,50 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------- AWS (moto server mode)
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server on 127.0.0.1 (a real socket); boto3 finds it through AWS_ENDPOINT_URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    yield url
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def aws(moto_server):
+    """Fresh queue (+DLQ), bucket and table for one test (moto state reset first)."""
+    import urllib.request
+
+    from ray_app.io.provision import ServiceNames, provision
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset",
+                                                  method="POST")).read()
+    names = ServiceNames(queue="ray-app-jobs", bucket="ray-app-results", table="ray-app-jobs",
+                         visibility_s=30)
+    out = provision(names)
+    return {"names": names, "endpoint": moto_server, **out}
+
+
+@pytest.fixture(autouse=True)
+def _local_home(tmp_path, monkeypatch):
+    """The embedded local mode's status store and results stay inside each test's tmp dir."""
+    monkeypatch.setenv("RAY_APP_HOME", str(tmp_path / "ray-app-home"))

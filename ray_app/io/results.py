@@ -1,0 +1,101 @@
+"""Result stores: where a job's output files live, under ``jobs/{jobId}/``.
+
+Files are uploaded in name order with ``manifest.json`` last, so a manifest means the job's
+outputs are complete; a crashed attempt's partial files are simply overwritten by the next.
+Both stores validate the jobId before touching storage (it becomes a key prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..jobspec import validate_job_id
+
+MANIFEST = "manifest.json"
+
+
+def _ordered(local_dir: Path) -> list[Path]:
+    files = sorted(p for p in Path(local_dir).iterdir() if p.is_file())
+    if not any(p.name == MANIFEST for p in files):
+        raise ValueError(f"{local_dir} has no {MANIFEST}: outputs are incomplete")
+    return [p for p in files if p.name != MANIFEST] + [Path(local_dir) / MANIFEST]
+
+
+class LocalResultStore:
+    """``<root>/jobs/<jobId>/`` on the local disk (embedded local mode)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def prefix(self, job_id: str) -> str:
+        return str(self.root / "jobs" / validate_job_id(job_id))
+
+    def upload(self, job_id: str, local_dir: str | Path) -> str:
+        dest = Path(self.prefix(job_id))
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in _ordered(Path(local_dir)):
+            shutil.copyfile(p, dest / p.name)
+        return str(dest)
+
+    def manifest(self, job_id: str) -> dict | None:
+        p = Path(self.prefix(job_id)) / MANIFEST
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def download(self, job_id: str, to: str | Path) -> list[Path]:
+        src = Path(self.prefix(job_id))
+        if not (src / MANIFEST).exists():
+            raise FileNotFoundError(f"job {job_id!r} has no complete outputs in {src}")
+        to = Path(to)
+        to.mkdir(parents=True, exist_ok=True)
+        return [Path(shutil.copyfile(p, to / p.name)) for p in sorted(src.iterdir())]
+
+
+class S3ResultStore:
+    """``s3://<bucket>/jobs/<jobId>/`` through boto3 (``AWS_ENDPOINT_URL`` honoured)."""
+
+    def __init__(self, bucket: str, client=None, prefix: str = "jobs"):
+        import boto3
+
+        self.bucket = bucket
+        self.s3 = client or boto3.client("s3")
+        self.base = prefix.strip("/")
+
+    def prefix(self, job_id: str) -> str:
+        return f"{self.base}/{validate_job_id(job_id)}/"
+
+    def uri(self, job_id: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix(job_id)}"
+
+    def upload(self, job_id: str, local_dir: str | Path) -> str:
+        prefix = self.prefix(job_id)
+        for p in _ordered(Path(local_dir)):
+            with open(p, "rb") as fh:
+                self.s3.put_object(Bucket=self.bucket, Key=prefix + p.name, Body=fh)
+        return self.uri(job_id)
+
+    def manifest(self, job_id: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.prefix(job_id) + MANIFEST)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        return json.loads(obj["Body"].read())
+
+    def download(self, job_id: str, to: str | Path) -> list[Path]:
+        manifest = self.manifest(job_id)
+        if manifest is None:
+            raise FileNotFoundError(f"job {job_id!r} has no complete outputs in "
+                                    f"{self.uri(job_id)}")
+        to = Path(to)
+        to.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name in [f["name"] for f in manifest["files"]] + [MANIFEST]:
+            obj = self.s3.get_object(Bucket=self.bucket, Key=self.prefix(job_id) + name)
+            (to / name).write_bytes(obj["Body"].read())
+            out.append(to / name)
+        return out

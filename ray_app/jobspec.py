@@ -1,0 +1,151 @@
+"""The job message: JSON in camelCase, as the API that feeds the queue sends it.
+
+``{"jobId": "gd1-0001", "streamKey": "gd-1", "nNeighbors": 32, "sigmaThreshold": 5}``
+
+Validation is strict: every error names the field, the value received and what is allowed;
+unknown fields are refused (a typo such as ``nNeighbours`` must not silently fall back to a
+default). ``jobId`` becomes an S3 key prefix, so it is restricted to 1-128 characters of
+``[A-Za-z0-9_-]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from .config import DEFAULT_N_NEIGHBORS, MAX_SHARDS
+from .core.knn import validate_k
+from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
+from .data.registry import get_stream
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_MESSAGE_BYTES = 256 * 1024
+
+FIELDS = {
+    "jobId": "required: 1-128 characters of [A-Za-z0-9_-]",
+    "streamKey": "required: a registry key (ray-app catalog)",
+    "nNeighbors": f"optional integer in [1, 1024], default {DEFAULT_N_NEIGHBORS}",
+    "sigmaThreshold": f"optional number > 0, default {DEFAULT_SIGMA_THRESHOLD:g}",
+    "source": "optional: 'synthetic' (default) or a Parquet path / s3:// URI",
+    "shards": f"optional integer in [1, {MAX_SHARDS}]",
+    "priority": "optional integer in [0, 9]",
+    "submittedBy": "optional string, at most 256 characters",
+    "seed": "optional integer >= 0 (synthetic catalogue and null calibration)",
+    "nBackground": "optional integer >= 0 (synthetic catalogue size)",
+    "nStream": "optional integer >= 0 (synthetic stream size)",
+}
+
+
+class InvalidJob(ValueError):
+    """A message that can never succeed; ``job_id`` is set when it could be read."""
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    stream_key: str
+    n_neighbors: int = DEFAULT_N_NEIGHBORS
+    sigma_threshold: float = DEFAULT_SIGMA_THRESHOLD
+    source: str = "synthetic"
+    shards: int | None = None
+    priority: int = 0
+    submitted_by: str | None = None
+    seed: int = 42
+    n_background: int = 30000
+    n_stream: int = 500
+    extra: dict = field(default_factory=dict)
+
+    def to_message(self) -> dict:
+        msg = {"jobId": self.job_id, "streamKey": self.stream_key,
+               "nNeighbors": self.n_neighbors, "sigmaThreshold": self.sigma_threshold,
+               "source": self.source, "priority": self.priority, "seed": self.seed,
+               "nBackground": self.n_background, "nStream": self.n_stream}
+        if self.shards is not None:
+            msg["shards"] = self.shards
+        if self.submitted_by is not None:
+            msg["submittedBy"] = self.submitted_by
+        return msg
+
+
+def validate_job_id(value) -> str:
+    """Return the jobId or raise :class:`InvalidJob` (checked before any storage call)."""
+    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+        length = len(value) if isinstance(value, str) else None
+        raise InvalidJob(f"jobId must be 1-128 characters of [A-Za-z0-9_-], got {shown!r}"
+                         + (f" (length {length})" if length is not None else ""))
+    return value
+
+
+def _int_field(msg: dict, name: str, lo: int, hi: int | None, default):
+    if name not in msg:
+        return default
+    v = msg[name]
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {allowed}, got {v!r}")
+    return v
+
+
+def parse_job(body: str | bytes | dict) -> JobSpec:
+    """Parse and validate one message body.
+
+    Raises
+    ------
+    InvalidJob
+        With the field, value and what is allowed; ``job_id`` set when it was readable.
+    """
+    if isinstance(body, bytes | str):
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise InvalidJob(f"message is {len(body)} bytes; at most {MAX_MESSAGE_BYTES}")
+        try:
+            msg = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidJob(f"message is not valid JSON: {exc}") from None
+    else:
+        msg = body
+    if not isinstance(msg, dict):
+        raise InvalidJob(f"message must be a JSON object, got {type(msg).__name__}")
+    job_id = msg.get("jobId")
+    readable = job_id if isinstance(job_id, str) and JOB_ID_PATTERN.fullmatch(job_id) else None
+    try:
+        if "jobId" not in msg:
+            raise InvalidJob("jobId is required (1-128 characters of [A-Za-z0-9_-])")
+        validate_job_id(job_id)
+        unknown = sorted(set(msg) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: "
+                             f"{', '.join(FIELDS)}")
+        if "region" in msg:
+            raise ValueError("region jobs are not supported yet; give a streamKey")
+        if "streamKey" not in msg:
+            raise ValueError("streamKey is required (see `ray-app catalog`)")
+        stream = get_stream(msg["streamKey"])
+        k = validate_k(msg.get("nNeighbors", DEFAULT_N_NEIGHBORS))
+        sigma = validate_sigma(msg.get("sigmaThreshold", DEFAULT_SIGMA_THRESHOLD))
+        source = msg.get("source", "synthetic")
+        if not isinstance(source, str) or not source or len(source) > 1024:
+            raise ValueError(f"source must be 'synthetic' or a path/URI string, got {source!r}")
+        submitted_by = msg.get("submittedBy")
+        if submitted_by is not None and (not isinstance(submitted_by, str)
+                                         or len(submitted_by) > 256):
+            raise ValueError(f"submittedBy must be a string of at most 256 characters, "
+                             f"got {submitted_by!r}")
+        return JobSpec(
+            job_id=job_id, stream_key=stream.key, n_neighbors=k, sigma_threshold=sigma,
+            source=source, shards=_int_field(msg, "shards", 1, MAX_SHARDS, None),
+            priority=_int_field(msg, "priority", 0, 9, 0), submitted_by=submitted_by,
+            seed=_int_field(msg, "seed", 0, None, 42),
+            n_background=_int_field(msg, "nBackground", 0, 10**8, 30000),
+            n_stream=_int_field(msg, "nStream", 0, 10**7, 500))
+    except InvalidJob as exc:
+        exc.job_id = readable
+        raise
+    except ValueError as exc:
+        raise InvalidJob(str(exc), readable) from None
+

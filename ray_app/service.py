@@ -1,0 +1,88 @@
+"""Wiring of the job service from the environment: queue, status store, result store.
+
+Environment (or the CLI flags that override it):
+
+* ``QUEUE_URL``: SQS queue URL; ``TABLE_NAME``: DynamoDB table; ``BUCKET_NAME``: S3 bucket;
+* ``AWS_DEFAULT_REGION`` / ``AWS_ENDPOINT_URL``: boto3's own configuration (no custom
+  endpoint code: the same code talks to AWS and to a local emulator);
+* without ``TABLE_NAME``/``BUCKET_NAME`` the embedded local mode is used: a SQLite status store
+  and a results folder under ``RAY_APP_HOME`` (default ``./results``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io.queue import SqsQueue
+from .io.results import LocalResultStore, S3ResultStore
+from .io.status import DynamoStatusStore, SqliteStatusStore
+from .jobspec import JobSpec, parse_job
+
+
+@dataclass
+class Service:
+    queue: SqsQueue | None
+    status: object
+    results: object
+    mode: str
+
+
+def local_home() -> Path:
+    return Path(os.environ.get("RAY_APP_HOME", "results"))
+
+
+def service_from_env(queue_url: str | None = None, table: str | None = None,
+                     bucket: str | None = None) -> Service:
+    queue_url = queue_url or os.environ.get("QUEUE_URL")
+    table = table or os.environ.get("TABLE_NAME")
+    bucket = bucket or os.environ.get("BUCKET_NAME")
+    queue = SqsQueue(queue_url) if queue_url else None
+    if table and bucket:
+        return Service(queue, DynamoStatusStore(table), S3ResultStore(bucket), "aws")
+    if table or bucket:
+        raise ValueError("set both TABLE_NAME and BUCKET_NAME (AWS mode) or neither (local "
+                         f"mode); got TABLE_NAME={table!r}, BUCKET_NAME={bucket!r}")
+    home = local_home()
+    return Service(queue, SqliteStatusStore(home / "status.db"), LocalResultStore(home),
+                   "local")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def submit(service: Service, message: dict) -> JobSpec:
+    """Validate, record PENDING, then enqueue. Raises InvalidJob before touching anything."""
+    if service.queue is None:
+        raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
+    spec = parse_job(message)
+    service.status.create(spec.job_id, spec.to_message())
+    service.queue.send(spec.to_message())
+    return spec
+
+
+def fetch_source(source: str, dest: Path) -> str:
+    """A job's ``source``: a local Parquet path, or an ``s3://bucket/key`` copied to ``dest``."""
+    if source.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = source[5:].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"source must be s3://bucket/key, got {source!r}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            boto3.client("s3").download_file(bucket, key, str(dest))
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError) and exc.response["Error"]["Code"] in (
+                    "404", "NoSuchKey", "NoSuchBucket", "403"):
+                raise ValueError(f"source {source!r} cannot be read: {exc}") from exc
+            raise
+        return str(dest)
+    if not Path(source).exists():
+        raise ValueError(f"source {source!r} does not exist")
+    return source

@@ -1,0 +1,117 @@
+"""`ray-app submit/status/jobs/results/dlq/provision/teardown` against moto's server."""
+
+import json
+import threading
+
+import boto3
+import pytest
+
+from ray_app.cli import EXIT_BAD_INPUT, main
+from ray_app.engine.driver import Driver, DriverConfig
+from ray_app.engine.engines import InProcessEngine
+from ray_app.io.provision import ServiceNames, provision
+from ray_app.service import service_from_env
+
+
+@pytest.fixture
+def env(aws, monkeypatch):
+    monkeypatch.setenv("QUEUE_URL", aws["queue_url"])
+    monkeypatch.setenv("TABLE_NAME", aws["table"])
+    monkeypatch.setenv("BUCKET_NAME", aws["bucket"])
+    return aws
+
+
+def _drain(aws):
+    svc = service_from_env()
+    d = Driver(svc.queue, svc.status, svc.results, InProcessEngine("cpu"),
+               DriverConfig(wait_s=1, visibility_s=10, heartbeat_s=1, lease_s=10))
+    t = threading.Thread(target=d.run, kwargs={"max_idle_polls": 2})
+    t.start()
+    t.join(300)
+
+
+def test_submit_status_jobs_results(env, capsys, tmp_path):
+    assert main(["submit", "gd-1", "--job-id", "cli-1", "--n-neighbors", "8",
+                 "--sigma-threshold", "4"]) == 0
+    assert capsys.readouterr().out.strip() == "cli-1"
+    assert main(["status", "cli-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "PENDING"
+    _drain(env)
+    assert main(["status", "cli-1", "--watch", "--interval", "0.1"]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    assert main(["jobs", "--status", "COMPLETED"]) == 0
+    assert "cli-1" in capsys.readouterr().out
+    assert main(["results", "cli-1", "--to", str(tmp_path / "dl")]) == 0
+    assert (tmp_path / "dl" / "manifest.json").exists()
+    assert (tmp_path / "dl" / "candidates.json").exists()
+
+
+def test_submit_rejects_bad_input_before_anything(env, capsys):
+    assert main(["submit", "gd-1", "--job-id", "../etc"]) == EXIT_BAD_INPUT
+    assert "jobId must be" in capsys.readouterr().err
+    assert main(["submit", "gd-1", "--n-neighbors", "0"]) == EXIT_BAD_INPUT
+    assert main(["status", "nope"]) == EXIT_BAD_INPUT
+    assert "not found" in capsys.readouterr().err
+    sqs = boto3.client("sqs")
+    attrs = sqs.get_queue_attributes(QueueUrl=env["queue_url"],
+                                     AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+def test_dlq_list_and_redrive(env, capsys):
+    svc = service_from_env()
+    svc.queue.send('{"jobId": "dead-1", "streamKey": "nowhere"}')  # invalid: DLQ at once
+    _drain(env)
+    # a valid job that exhausted its retries (as the redrive policy leaves it)
+    valid = {"jobId": "tired-1", "streamKey": "gd-1", "nNeighbors": 8, "nBackground": 400,
+             "nStream": 100}
+    assert svc.status.claim("tired-1", "d0", 60)
+    assert svc.status.fail("tired-1", "gave up after 3 attempts", driver_id="d0")
+    svc.queue.send(valid, url=svc.queue.dlq_url)
+    assert main(["dlq"]) == 0
+    out = capsys.readouterr().out
+    assert "not a known stream" in out and "2 dead letter(s)" in out
+    assert svc.status.get("dead-1")["status"] == "FAILED"
+    assert main(["dlq", "--redrive"]) == 0
+    out = capsys.readouterr().out
+    assert "redrove 1" in out and "still invalid" in out
+    assert svc.status.get("tired-1")["status"] == "PENDING"  # re-opened for a new attempt
+    _drain(env)
+    assert svc.status.get("tired-1")["status"] == "COMPLETED"
+    assert [m.body for m, _ in svc.queue.list_dead(10)] == [
+        '{"jobId": "dead-1", "streamKey": "nowhere"}']
+
+
+def test_provision_is_idempotent_and_teardown_removes(moto_server, capsys):
+    names = ServiceNames(queue="prov-q", bucket="prov-bucket", table="prov-table",
+                         visibility_s=90)
+    first = provision(names)
+    assert set(first["report"].values()) >= {"created"}
+    second = provision(names)
+    assert set(second["report"].values()) == {"unchanged"}
+    sqs, s3, ddb = boto3.client("sqs"), boto3.client("s3"), boto3.client("dynamodb")
+    attrs = sqs.get_queue_attributes(QueueUrl=first["queue_url"],
+                                     AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 3 and redrive["deadLetterTargetArn"].endswith(
+        ":prov-q-dlq")
+    assert attrs["VisibilityTimeout"] == "90"
+    enc = s3.get_bucket_encryption(Bucket="prov-bucket")["ServerSideEncryptionConfiguration"]
+    assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    pab = s3.get_public_access_block(Bucket="prov-bucket")["PublicAccessBlockConfiguration"]
+    assert all(pab.values())
+    rules = s3.get_bucket_lifecycle_configuration(Bucket="prov-bucket")["Rules"]
+    assert rules[0]["Expiration"]["Days"] == 90
+    ttl = ddb.describe_time_to_live(TableName="prov-table")["TimeToLiveDescription"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED" and ttl["AttributeName"] == "ttl"
+    assert main(["teardown", "--queue", "prov-q", "--bucket", "prov-bucket", "--table",
+                 "prov-table"]) == EXIT_BAD_INPUT  # needs --yes
+    assert main(["teardown", "--queue", "prov-q", "--bucket", "prov-bucket", "--table",
+                 "prov-table", "--yes"]) == 0
+    assert "prov-q" not in " ".join(sqs.list_queues().get("QueueUrls", []))
+    assert "prov-table" not in ddb.list_tables()["TableNames"]
+    assert "prov-bucket" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    capsys.readouterr()
+    assert main(["provision", "--queue", "prov-q", "--bucket", "prov-bucket", "--table",
+                 "prov-table"]) == 0
+    assert "QUEUE_URL=" in capsys.readouterr().out

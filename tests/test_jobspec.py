@@ -1,0 +1,48 @@
+"""Job messages: strict validation with the field, the value and what is allowed."""
+
+import json
+
+import pytest
+
+from ray_app.jobspec import InvalidJob, parse_job, validate_job_id
+
+
+def test_minimal_message_gets_defaults():
+    spec = parse_job(json.dumps({"jobId": "gd1-0001", "streamKey": "GD-1"}))
+    assert spec.stream_key == "gd-1" and spec.n_neighbors == 32 and spec.sigma_threshold == 5.0
+    assert parse_job({"jobId": "a", "streamKey": "gd-1", "sigmaThreshold": 3}).sigma_threshold \
+        == 3.0
+
+
+@pytest.mark.parametrize("body,needle,job_id", [
+    ("{not json", "not valid JSON", None),
+    ("[1, 2]", "JSON object", None),
+    ({"streamKey": "gd-1"}, "jobId is required", None),
+    ({"jobId": "../x", "streamKey": "gd-1"}, "jobId must be", None),
+    ({"jobId": "a/b", "streamKey": "gd-1"}, "jobId must be", None),
+    ({"jobId": "x" * 300, "streamKey": "gd-1"}, "length 300", None),
+    ({"jobId": "", "streamKey": "gd-1"}, "jobId must be", None),
+    ({"jobId": "j1"}, "streamKey is required", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-2"}, "did you mean gd-1", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 0}, "nNeighbors", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 2000}, "nNeighbors", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 8.5}, "nNeighbors", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "sigmaThreshold": -1}, "sigmaThreshold", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "sigmaThreshold": "high"}, "sigmaThreshold", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "nNeighbours": 8}, "unknown field(s) nNeighbours",
+     "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "shards": 0}, "shards must be an integer", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-1", "priority": 12}, "priority", "j1"),
+])
+def test_invalid_messages(body, needle, job_id):
+    with pytest.raises(InvalidJob, match=None) as info:
+        parse_job(body if isinstance(body, str) else json.dumps(body))
+    assert needle in str(info.value)
+    assert info.value.job_id == job_id
+
+
+def test_job_id_rules():
+    assert validate_job_id("A-b_9") == "A-b_9"
+    for bad in ("../x", "a/b", "x" * 129, "", None, "a b", "é"):
+        with pytest.raises(InvalidJob):
+            validate_job_id(bad)
