@@ -10,44 +10,36 @@ import logging
 from types import SimpleNamespace
 
 log = logging.getLogger(__name__)
-_POOL = None
-_JOBS = None
+_CACHE: dict[str, SimpleNamespace | None] = {}
+
+
+def _once(name: str, build):
+    """Build a group of metrics once per process; None where Ray metrics are unavailable."""
+    if name not in _CACHE:
+        try:
+            from ray.util import metrics
+
+            _CACHE[name] = build(metrics)
+        except Exception as exc:
+            log.debug("metrics unavailable: %s", exc)
+            return None
+    return _CACHE[name]
 
 
 def pool_metrics():
-    """Gauges/counters of the density pool, created once per process (None if unavailable)."""
-    global _POOL
-    if _POOL is None:
-        try:
-            from ray.util.metrics import Counter, Gauge, Histogram
-
-            _POOL = SimpleNamespace(
-                backlog=Gauge("ray_app_shard_backlog", "shards waiting for an actor"),
-                actors=Gauge("ray_app_density_actors", "density actors in the pool"),
-                shards_done=Counter("ray_app_shards_done", "shards whose density finished"),
-                stars=Counter("ray_app_stars_processed", "owned stars processed by shards"),
-                shard_seconds=Histogram("ray_app_shard_seconds", "kNN+density seconds/shard",
-                                        boundaries=[0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300]),
-            )
-        except Exception as exc:
-            log.debug("metrics unavailable: %s", exc)
-            return None
-    return _POOL
+    """Gauges/counters of the density pool."""
+    return _once("pool", lambda m: SimpleNamespace(
+        backlog=m.Gauge("ray_app_shard_backlog", "shards waiting for an actor"),
+        actors=m.Gauge("ray_app_density_actors", "density actors in the pool"),
+        shards_done=m.Counter("ray_app_shards_done", "shards whose density finished"),
+        stars=m.Counter("ray_app_stars_processed", "owned stars processed by shards"),
+        shard_seconds=m.Histogram("ray_app_shard_seconds", "kNN+density seconds per shard",
+                                  boundaries=[0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300])))
 
 
 def job_metrics():
-    """Job-level counters (received/running/completed/failed)."""
-    global _JOBS
-    if _JOBS is None:
-        try:
-            from ray.util.metrics import Counter, Gauge
-
-            _JOBS = SimpleNamespace(
-                running=Gauge("ray_app_jobs_running", "recovery jobs in progress"),
-                completed=Counter("ray_app_jobs_completed", "recovery jobs completed"),
-                failed=Counter("ray_app_jobs_failed", "recovery jobs failed"),
-            )
-        except Exception as exc:
-            log.debug("metrics unavailable: %s", exc)
-            return None
-    return _JOBS
+    """Job-level gauge and counters of a driver."""
+    return _once("jobs", lambda m: SimpleNamespace(
+        running=m.Gauge("ray_app_jobs_running", "recovery jobs in progress"),
+        completed=m.Counter("ray_app_jobs_completed", "recovery jobs completed"),
+        failed=m.Counter("ray_app_jobs_failed", "recovery jobs failed")))

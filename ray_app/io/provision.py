@@ -154,23 +154,23 @@ def teardown(names: ServiceNames, sqs=None, s3=None, dynamodb=None) -> dict:
         if url:
             sqs.delete_queue(QueueUrl=url)
         report[f"queue {name}"] = "deleted" if url else "absent"
-    try:
-        paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=names.bucket):
+
+    def delete_bucket():
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=names.bucket):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 s3.delete_objects(Bucket=names.bucket, Delete={"Objects": keys})
         s3.delete_bucket(Bucket=names.bucket)
-        report[f"bucket {names.bucket}"] = "deleted"
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
-            raise
-        report[f"bucket {names.bucket}"] = "absent"
-    try:
-        dynamodb.delete_table(TableName=names.table)
-        report[f"table {names.table}"] = "deleted"
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-            raise
-        report[f"table {names.table}"] = "absent"
+
+    for what, delete, absent in (
+            (f"bucket {names.bucket}", delete_bucket, ("404", "NoSuchBucket")),
+            (f"table {names.table}", lambda: dynamodb.delete_table(TableName=names.table),
+             ("ResourceNotFoundException",))):
+        try:
+            delete()
+            report[what] = "deleted"
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in absent:
+                raise
+            report[what] = "absent"
     return report

@@ -68,14 +68,25 @@ class SqliteStatusStore:
             self._local.conn = conn
         return _Tx(conn)
 
+    def _ensure(self, job_id: str, params: dict | None, now: float) -> None:
+        """A PENDING row for a job first seen through the queue (no-op if it exists)."""
+        with self._conn() as c:
+            c.execute("INSERT OR IGNORE INTO jobs (jobId, status, progress, stage, createdAt, "
+                      "updatedAt, attempts, params, history) VALUES (?,?,?,?,?,?,?,?,?)",
+                      (job_id, PENDING, 0, "queued", _iso(now), _iso(now), 0,
+                       json.dumps(params or {}), "[]"))
+
     def _update(self, job_id: str, where: str, args: tuple, sets: dict, status: str | None,
                 progress=None, stage=None, now=None) -> bool:
+        """Apply ``sets`` if the row matches ``where``, in one transaction. A callable value is
+        computed from the current row (inside the transaction)."""
         now = time.time() if now is None else now
         with self._conn() as c:
             row = c.execute(f"SELECT * FROM jobs WHERE jobId=? AND ({where})",
                             (job_id, *args)).fetchone()
             if row is None:
                 return False
+            sets = {k: v(row) if callable(v) else v for k, v in sets.items()}
             hist = json.loads(row["history"] or "[]")
             hist.append({"t": _iso(now), "status": status or row["status"],
                          "progress": progress if progress is not None else row["progress"],
@@ -106,17 +117,12 @@ class SqliteStatusStore:
     def claim(self, job_id: str, driver_id: str, lease_s: float, params: dict | None = None,
               now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        with self._conn() as c:
-            c.execute("INSERT OR IGNORE INTO jobs (jobId, status, progress, stage, createdAt, "
-                      "updatedAt, attempts, params, history) VALUES (?,?,?,?,?,?,?,?,?)",
-                      (job_id, PENDING, 0, "queued", _iso(now), _iso(now), 0,
-                       json.dumps(params or {}), "[]"))
-            row = c.execute("SELECT attempts, startedAt FROM jobs WHERE jobId=?",
-                            (job_id,)).fetchone()
+        self._ensure(job_id, params, now)
         return self._update(
             job_id, "status=? OR (status=? AND leaseExpires<?)", (PENDING, RUNNING, now),
             {"driverId": driver_id, "leaseExpires": now + lease_s,
-             "attempts": (row["attempts"] or 0) + 1, "startedAt": row["startedAt"] or _iso(now),
+             "attempts": lambda row: (row["attempts"] or 0) + 1,
+             "startedAt": lambda row: row["startedAt"] or _iso(now),
              "error": None}, RUNNING, 0, "claimed", now)
 
     def heartbeat(self, job_id: str, driver_id: str, lease_s: float, progress: int | None = None,
@@ -135,11 +141,7 @@ class SqliteStatusStore:
     def fail(self, job_id: str, error: str, driver_id: str | None = None,
              params: dict | None = None, now: float | None = None) -> bool:
         now = time.time() if now is None else now
-        with self._conn() as c:
-            c.execute("INSERT OR IGNORE INTO jobs (jobId, status, progress, stage, createdAt, "
-                      "updatedAt, attempts, params, history) VALUES (?,?,?,?,?,?,?,?,?)",
-                      (job_id, PENDING, 0, "queued", _iso(now), _iso(now), 0,
-                       json.dumps(params or {}), "[]"))
+        self._ensure(job_id, params, now)
         return self._update(job_id, "status=? OR (status=? AND driverId=?)",
                             (PENDING, RUNNING, driver_id),
                             {"error": truncate_error(error), "finishedAt": _iso(now),
