@@ -9,7 +9,8 @@ Configuration (environment): QUEUE_URL, TABLE_NAME, BUCKET_NAME (required on the
 RAY_APP_CAPACITY (jobs in flight, default 2), RAY_APP_WAIT_S (long poll, 20),
 RAY_APP_VISIBILITY_S (120), RAY_APP_HEARTBEAT_S (30), RAY_APP_LEASE_S (120),
 RAY_APP_DRAIN_S (drain bound on SIGTERM, 120; keep RAY_JOB_STOP_WAIT_TIME_S above it),
-RAY_APP_BACKOFF_S (10), RAY_APP_ENGINE (ray | in-process), RAY_APP_MAX_ACTORS.
+RAY_APP_BACKOFF_S (10), RAY_APP_ENGINE (ray | in-process), RAY_APP_MAX_ACTORS,
+RAY_APP_GPUS_PER_ACTOR (1 on the GPU cluster: it starts with no GPU node).
 """
 
 import logging

@@ -127,3 +127,15 @@ def test_pool_grows_with_backlog_and_releases_idle_actors(cluster, catalogue):
         time.sleep(0.2)
     assert pool.size() == 0, "idle actors must be released (nodes can scale to zero)"
     pool.shutdown()
+
+
+def test_gpu_actors_requested_on_a_cluster_that_starts_without_gpus(cluster, monkeypatch):
+    """An autoscaling cluster has no GPU node at first: the engine must still ask for GPU
+    actors (their pending demand is what scales it up) when told so."""
+    from ray_app.engine.engines import RayEngine
+
+    monkeypatch.setenv("RAY_APP_GPUS_PER_ACTOR", "1")
+    monkeypatch.setenv("RAY_APP_MAX_ACTORS", "8")
+    engine = RayEngine()
+    assert engine.pool.num_gpus == 1.0 and engine.pool.max_actors == 8
+    engine.pool.shutdown()

@@ -85,7 +85,9 @@ class RayEngine:
     num_cpus : int, optional
         CPUs for a new local instance.
     num_gpus_per_actor : float, optional
-        GPUs per actor; default 1 when the cluster has (or can autoscale to) GPUs, else 0.
+        GPUs per actor; default ``RAY_APP_GPUS_PER_ACTOR``, else 1 when the cluster has GPUs
+        now, else 0. On an autoscaling cluster that starts with no GPU node, set
+        ``RAY_APP_GPUS_PER_ACTOR=1``: the pending GPU actors are what makes it scale up.
     max_actors : int, optional
         Pool size limit (``RAY_APP_MAX_ACTORS``; default 1 per GPU seen, at least 1).
     memory_per_actor : int, optional
@@ -111,6 +113,8 @@ class RayEngine:
                      logging_level="WARNING")
             self._owns_ray = True
         gpus = ray.cluster_resources().get("GPU", 0)
+        if num_gpus_per_actor is None and os.environ.get("RAY_APP_GPUS_PER_ACTOR"):
+            num_gpus_per_actor = float(os.environ["RAY_APP_GPUS_PER_ACTOR"])
         if num_gpus_per_actor is None:
             num_gpus_per_actor = 1.0 if gpus >= 1 else 0.0
         if max_actors is None:
