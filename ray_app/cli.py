@@ -233,10 +233,12 @@ def cmd_catalog(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'key':<18} {'name':<18} {'length[deg]':>11} {'dist[kpc]':>9}  reference")
+    print(f"{'key':<22} {'name':<22} {'length[deg]':>11} {'dist[kpc]':>9} "
+          f"{'footprint[deg2]':>15}  reference")
     for r in rows:
-        print(f"{r['key']:<18} {r['name']:<18} {r['length_deg']:>11.1f} "
-              f"{r['distance_kpc']:>9.1f}  {r['reference']}")
+        print(f"{r['key']:<22} {r['name']:<22} {r['length_deg']:>11.1f} "
+              f"{r['distance_kpc']:>9.1f} {r['footprint_deg2']:>15.0f}  {r['reference']}")
+    print(f"{len(rows)} streams")
     return 0
 
 

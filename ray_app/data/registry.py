@@ -1,16 +1,28 @@
-"""Built-in stream registry: streamKey -> frame, extent and literature reference.
+"""Stream registry: streamKey -> frame, extent, distance, proper motion, reference.
 
-A small list for now: the five keys the previous system accepted, with poles, midpoints and end
-points taken from the galstreams 1.2.1 track summaries named in ``reference``. GD-1 uses the
-published GD1Koposov10 rotation (Koposov et al. 2010, as in gala) so that phi1/phi2 match the
-literature. Keys match case-insensitively, ignoring ``-``, ``_`` and spaces, with aliases.
+Two layers:
+
+* the five keys the previous system accepted (``gd-1``, ``palomar-5``, ``jhelum``,
+  ``orphan-chenab``, ``atlas-aliqa-uma``) with their aliases; they take precedence. GD-1 uses
+  the published GD1Koposov10 rotation (Koposov et al. 2010, as in gala) so phi1/phi2 match the
+  literature; the others use great-circle poles of galstreams tracks that agree with gala's
+  frames (tests/test_registry.py);
+* every default track of galstreams 1.2.1 (141 streams; ``galstreams_registry.json``, built by
+  ``scripts/build_registry.py``), keyed by its name in lower case (``aau-atlas``,
+  ``ngc5466``, ``willka-yaku``...). Their frames come from the track's fitted pole, with
+  phi1 = 0 at the track midpoint.
+
+Keys match case-insensitively, ignoring ``-``, ``_``, ``.`` and spaces; an unknown key gets
+the closest matches.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 
 import numpy as np
 
@@ -61,6 +73,12 @@ class StreamInfo:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def phi2_half_width(self) -> float:
+        """Half-width of the default query footprint across the stream, degrees:
+        max(2, 5 x width), room for the track's curvature and for background."""
+        return max(2.0, 5.0 * self.width_deg)
+
+    @property
     def phi1_range(self) -> tuple[float, float]:
         p1, _ = icrs_to_frame(self.frame, np.array([self.end_o[0], self.end_f[0]]),
                               np.array([self.end_o[1], self.end_f[1]]))
@@ -71,6 +89,7 @@ class StreamInfo:
         return {"key": self.key, "name": self.name, "frame": self.frame.to_dict(),
                 "phi1_range_deg": [lo, hi], "length_deg": hi - lo,
                 "distance_kpc": self.distance_kpc, "width_deg": self.width_deg,
+                "footprint_deg2": (hi - lo) * 2 * self.phi2_half_width,
                 "reference": self.reference, "aliases": list(self.aliases)}
 
 
@@ -87,9 +106,10 @@ _STREAMS = (
     _entry("palomar-5", "Pal 5", (319.2053, -56.4898), (229.0059, -0.1058), (242.0938, 6.8831),
            (224.6574, -4.8005), 20.5, (-2.76, -2.69), 0.2,
            "Price-Whelan et al. 2019 (galstreams Pal5.pricewhelan2019)", ("pal5", "pal-5")),
-    _entry("jhelum", "Jhelum", (170.4871, -38.4229),
-           (348.6284, -51.5631), (10.4235, -49.8628), (327.4241, -48.6241), 10.4, (7.05, -4.94),
-           0.5, "Ibata et al. 2021 (galstreams Jhelum.ibata2021)", ()),
+    _entry("jhelum", "Jhelum", (179.13081, -38.12553), (359.1292, -52.45747),
+           (7.30419, -52.20137), (321.46969, -46.23994), 13.0, (7.35453, -3.58655), 0.5,
+           "Bonaca et al. 2019 (galstreams Jhelum-a.bonaca2019; frame as gala's "
+           "JhelumBonaca19)", ()),
     _entry("orphan-chenab", "Orphan-Chenab", (72.0, -14.0), (192.6716, -62.3979),
            (341.0157, -13.6516), (136.4365, 60.3418), 17.8, (-3.86, 2.39), 0.6,
            "Koposov et al. 2019 (galstreams Orphan-Chenab.koposov2019)",
@@ -105,18 +125,44 @@ def _norm(key: str) -> str:
     return re.sub(r"[\s_\-.]", "", key.strip().lower())
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def _galstreams() -> list[StreamInfo]:
+    data = json.loads(resources.files(__package__).joinpath(
+        "galstreams_registry.json").read_text())
+    out = []
+    for r in data["streams"]:
+        try:
+            out.append(_entry(_slug(r["name"]), r["name"], tuple(r["pole"]), tuple(r["mid"]),
+                              tuple(r["end_o"]), tuple(r["end_f"]), r["distance_kpc"],
+                              tuple(r["pm_mid"]), r["width_deg"] or DEFAULT_WIDTH_DEG,
+                              f"galstreams track {r['track']} ({r['reference']}); "
+                              f"{r['type']}", ()))
+        except ValueError:  # a degenerate track (pole at its midpoint): not usable
+            continue
+    return out
+
+
+DEFAULT_WIDTH_DEG = 0.5
 _INDEX: dict[str, StreamInfo] = {}
-for _s in _STREAMS:
-    for _name in (_s.key, _s.name, *_s.aliases):
-        _INDEX[_norm(_name)] = _s
+_ALL: list[StreamInfo] = []
+for _s in (*_STREAMS, *_galstreams()):
+    names = [_norm(n) for n in (_s.key, _s.name, *_s.aliases)]
+    if any(n in _INDEX for n in names[:1]):
+        continue  # a legacy key (or alias) already covers this stream
+    _ALL.append(_s)
+    for _n in names:
+        _INDEX.setdefault(_n, _s)
 
 
 def known_keys() -> list[str]:
-    return [s.key for s in _STREAMS]
+    return [s.key for s in _ALL]
 
 
 def all_streams() -> list[StreamInfo]:
-    return list(_STREAMS)
+    return list(_ALL)
 
 
 def get_stream(key) -> StreamInfo:
@@ -136,6 +182,6 @@ def get_stream(key) -> StreamInfo:
     suggestions = sorted({_INDEX[c].key for c in close})
     hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
     raise ValueError(
-        f"streamKey {key!r} is not a known stream{hint} Known keys: {', '.join(known_keys())} "
-        "(see `ray-app catalog`)"
+        f"streamKey {key!r} is not a known stream{hint} ({len(_ALL)} known; list them with "
+        "`ray-app catalog`)"
     )
