@@ -51,9 +51,3 @@ def core_members(rank: np.ndarray, forest_src: np.ndarray, forest_dst: np.ndarra
     inside = rank < saddle_rank
     return np.flatnonzero(inside & (labels == labels[peak])).astype(np.int64)
 
-
-def component_labels(n: int, forest_src: np.ndarray, forest_dst: np.ndarray) -> np.ndarray:
-    """Connected-component label of every vertex of the (full) forest."""
-    graph = coo_matrix((np.ones(len(forest_src), dtype=np.int8), (forest_src, forest_dst)),
-                       shape=(n, n))
-    return connected_components(graph, directed=False)[1]

@@ -33,9 +33,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-OUTPUT_FILES = ("persistence.npz", "candidates.json", "candidate_members.npz", "metadata.json",
-                "stars.parquet", "gaia_table.ecsv", "summary.png")
-
 
 def _json_default(obj):
     if isinstance(obj, np.integer):
