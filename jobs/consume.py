@@ -20,7 +20,7 @@ import sys
 
 from ray_app.engine.driver import Driver, DriverConfig
 from ray_app.engine.engines import default_engine
-from ray_app.service import fetch_source, service_from_env
+from ray_app.service import service_from_env
 
 
 def _env(name, default, cast=float):
@@ -42,8 +42,7 @@ def main() -> int:
                           backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
                           sweep_s=_env("RAY_APP_SWEEP_S", 60))
     engine = default_engine("ray")  # ray.init happens here ...
-    driver = Driver(service.queue, service.status, service.results, engine, config,
-                    fetch_source=fetch_source)
+    driver = Driver(service.queue, service.status, service.results, engine, config)
     signal.signal(signal.SIGTERM, driver.stop)  # ... so our handler is installed after it
     signal.signal(signal.SIGINT, driver.stop)
     logging.info("driver %s consuming %s (%s mode)", driver.driver_id, service.queue.url,

@@ -55,7 +55,7 @@ def cmd_recover(args) -> int:
                            out_dir=args.out or f"results/{args.stream_key.lower()}",
                            seed=args.seed, write_ecsv=not args.no_ecsv,
                            n_background=args.n_background, n_stream=args.n_stream,
-                           shards=args.shards)
+                           shards=args.shards, columns=args.columns)
     from .engine.engines import default_engine
     from .runner import run_recovery
 
@@ -106,6 +106,10 @@ def cmd_submit(args) -> int:
                "nNeighbors": args.n_neighbors, "sigmaThreshold": args.sigma_threshold}
     if args.input:
         message["source"] = args.input
+    if args.columns:
+        from .data.catalogue import parse_columns_map
+
+        message["columns"] = parse_columns_map(args.columns)
     if args.shards is not None:
         message["shards"] = args.shards
     if args.submitted_by:
@@ -255,8 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recover", help="recover a stream locally (local Ray, local folder)",
                        description="Run one stream recovery and write its outputs to --out.")
     r.add_argument("stream_key", help="registry key or alias, e.g. gd-1 (see `ray-app catalog`)")
-    r.add_argument("--input", help="Parquet catalogue (columns source_id, ra, dec, pmra, pmdec, "
-                                   "parallax); default: seeded synthetic catalogue")
+    r.add_argument("--input", help="Parquet catalogue, local path or s3:// URI (columns "
+                                   "source_id, ra, dec, pmra, pmdec, parallax); default: "
+                                   "seeded synthetic catalogue")
+    r.add_argument("--columns", help="rename the input's columns to ours: "
+                                     "FILE_NAME=our_name[,...], e.g. RA_ICRS=ra,DE_ICRS=dec")
     r.add_argument("--out", help="output directory (default results/<stream_key>)")
     r.add_argument("--n-neighbors", type=_number, default=32, help="k of the kNN, 1..1024")
     r.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD,
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD)
     sb.add_argument("--input", help="catalogue: Parquet path or s3://bucket/key "
                                     "(default: synthetic)")
+    sb.add_argument("--columns", help="FILE_NAME=our_name[,...] renames of the input's columns")
     sb.add_argument("--shards", type=_number, default=None)
     sb.add_argument("--submitted-by", default=os.environ.get("USER"))
     aws_flags(sb)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .core.features import FeatureScales
 from .core.knn import validate_k
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
+from .data.catalogue import is_uri, parse_columns_map
 from .data.registry import get_stream
 
 DEFAULT_N_NEIGHBORS = 32
@@ -31,7 +32,10 @@ class RecoverParams:
     sigma_threshold : float
         Candidate threshold (``sigmaThreshold``) > 0; integers accepted as floats.
     input_path : str, optional
-        Parquet catalogue; ``None`` uses the seeded synthetic catalogue.
+        Parquet catalogue (local path or ``s3://`` URI); ``None`` uses the seeded synthetic
+        catalogue.
+    columns : dict, optional
+        Renames from the catalogue's column names to ours (``{"RA_ICRS": "ra"}``).
     out_dir : str
         Output directory (replaced atomically).
     seed : int
@@ -55,14 +59,17 @@ class RecoverParams:
     n_background: int = 30000
     n_stream: int = 500
     shards: int | None = None
+    columns: dict | None = None
     scales: FeatureScales = field(default_factory=FeatureScales)
 
     def __post_init__(self) -> None:
         self.stream = get_stream(self.stream_key)
         self.n_neighbors = validate_k(self.n_neighbors)
         self.sigma_threshold = validate_sigma(self.sigma_threshold)
-        if self.input_path is not None and not Path(self.input_path).exists():
+        if self.input_path is not None and not is_uri(self.input_path) \
+                and not Path(self.input_path).exists():
             raise ValueError(f"input {self.input_path!r} does not exist")
+        self.columns = parse_columns_map(self.columns)
         if self.shards is not None and (isinstance(self.shards, bool)
                                         or not isinstance(self.shards, int)
                                         or not 1 <= self.shards <= MAX_SHARDS):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .config import DEFAULT_N_NEIGHBORS, MAX_SHARDS
 from .core.knn import validate_k
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
+from .data.catalogue import parse_columns_map
 from .data.registry import get_stream
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -28,6 +29,7 @@ FIELDS = {
     "nNeighbors": f"optional integer in [1, 1024], default {DEFAULT_N_NEIGHBORS}",
     "sigmaThreshold": f"optional number > 0, default {DEFAULT_SIGMA_THRESHOLD:g}",
     "source": "optional: 'synthetic' (default) or a Parquet path / s3:// URI",
+    "columns": "optional object: the source's column names -> ours, e.g. {\"RA_ICRS\": \"ra\"}",
     "shards": f"optional integer in [1, {MAX_SHARDS}]",
     "priority": "optional integer in [0, 9]",
     "submittedBy": "optional string, at most 256 characters",
@@ -55,6 +57,7 @@ class JobSpec:
     shards: int | None = None
     priority: int = 0
     submitted_by: str | None = None
+    columns: dict | None = None
     seed: int = 42
     n_background: int = 30000
     n_stream: int = 500
@@ -69,6 +72,8 @@ class JobSpec:
             msg["shards"] = self.shards
         if self.submitted_by is not None:
             msg["submittedBy"] = self.submitted_by
+        if self.columns:
+            msg["columns"] = self.columns
         return msg
 
 
@@ -140,6 +145,7 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
             job_id=job_id, stream_key=stream.key, n_neighbors=k, sigma_threshold=sigma,
             source=source, shards=_int_field(msg, "shards", 1, MAX_SHARDS, None),
             priority=_int_field(msg, "priority", 0, 9, 0), submitted_by=submitted_by,
+            columns=parse_columns_map(msg.get("columns")),
             seed=_int_field(msg, "seed", 0, None, 42),
             n_background=_int_field(msg, "nBackground", 0, 10**8, 30000),
             n_stream=_int_field(msg, "nStream", 0, 10**7, 500))

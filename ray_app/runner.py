@@ -21,7 +21,7 @@ from .core.knn import validate_k
 from .core.persistence import merge_forests
 from .core.recovery import calibrate_null, candidate_labels, candidates, summarize_members
 from .core.significance import expected_false_candidates
-from .data.catalogue import CatalogueError, read_catalogue, validate_columns
+from .data.catalogue import CatalogueError, is_uri, read_catalogue, validate_columns
 from .data.synthetic import synthetic_catalogue
 from .io import outputs
 from .io.plots import summary_plot
@@ -62,9 +62,15 @@ def _versions() -> dict:
 def load_catalogue(params: RecoverParams) -> tuple[dict, pa.Table, dict]:
     """Columns, raw table and provenance of the job's input."""
     if params.input_path is not None:
-        cols, table = read_catalogue(params.input_path)
-        prov = {"kind": "parquet", "path": str(Path(params.input_path).resolve()),
-                "sha256": outputs.sha256_file(Path(params.input_path)), "rows": table.num_rows}
+        cols, table = read_catalogue(params.input_path, params.columns)
+        if is_uri(params.input_path):
+            prov = {"kind": "parquet", "uri": params.input_path, "rows": table.num_rows}
+        else:
+            prov = {"kind": "parquet", "path": str(Path(params.input_path).resolve()),
+                    "sha256": outputs.sha256_file(Path(params.input_path)),
+                    "rows": table.num_rows}
+        if params.columns:
+            prov["columns_renamed"] = params.columns
         return cols, table, prov
     cols = synthetic_catalogue(params.stream, n_background=params.n_background,
                                n_stream=params.n_stream, seed=params.seed)

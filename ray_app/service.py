@@ -63,26 +63,3 @@ def submit(service: Service, message: dict) -> JobSpec:
     service.queue.send(spec.to_message())
     return spec
 
-
-def fetch_source(source: str, dest: Path) -> str:
-    """A job's ``source``: a local Parquet path, or an ``s3://bucket/key`` copied to ``dest``."""
-    if source.startswith("s3://"):
-        import boto3
-
-        bucket, _, key = source[5:].partition("/")
-        if not bucket or not key:
-            raise ValueError(f"source must be s3://bucket/key, got {source!r}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            boto3.client("s3").download_file(bucket, key, str(dest))
-        except Exception as exc:
-            from botocore.exceptions import ClientError
-
-            if isinstance(exc, ClientError) and exc.response["Error"]["Code"] in (
-                    "404", "NoSuchKey", "NoSuchBucket", "403"):
-                raise ValueError(f"source {source!r} cannot be read: {exc}") from exc
-            raise
-        return str(dest)
-    if not Path(source).exists():
-        raise ValueError(f"source {source!r} does not exist")
-    return source

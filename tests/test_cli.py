@@ -162,3 +162,24 @@ def test_recover_through_local_ray(local_ray, demo_run, tmp_path):
     assert meta["engine"]["shard_actors"] == ["density-actor-0"]
     assert json.loads((out / "candidates.json").read_text()) == json.loads(
         (demo_run / "candidates.json").read_text())
+
+
+def test_columns_mapping(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    n = 400
+    table = pa.table({"SOURCE_ID": np.arange(n, dtype=np.int64) + 7, "RA_ICRS": rng.uniform(
+        150, 160, n), "DE_ICRS": rng.uniform(30, 40, n), "pmRA": rng.normal(-5, 2, n),
+        "pmDE": rng.normal(-12, 2, n), "Plx": rng.normal(0.2, 0.3, n)})
+    src = tmp_path / "vizier.parquet"
+    pq.write_table(table, src)
+    mapping = "SOURCE_ID=source_id,RA_ICRS=ra,DE_ICRS=dec,pmRA=pmra,pmDE=pmdec,Plx=parallax"
+    out = tmp_path / "o"
+    assert main(["recover", "gd-1", "--input", str(src), "--columns", mapping, "--out",
+                 str(out), "--engine", "in-process", "--n-neighbors", "8"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["counts"]["stars"] == n and meta["data"]["columns_renamed"]["Plx"] == "parallax"
+    for bad, needle in (("RA_ICRS=right_ascension", "unknown name(s) right_ascension"),
+                        ("NOPE=ra", "does not have"), ("RA_ICRS", "FILE_NAME=our_name")):
+        assert main(["recover", "gd-1", "--input", str(src), "--columns", bad, "--out",
+                     str(tmp_path / "x"), "--engine", "in-process"]) == EXIT_BAD_INPUT
+        assert needle in capsys.readouterr().err

@@ -23,7 +23,7 @@ def test_minimal_message_gets_defaults():
     ({"jobId": "x" * 300, "streamKey": "gd-1"}, "length 300", None),
     ({"jobId": "", "streamKey": "gd-1"}, "jobId must be", None),
     ({"jobId": "j1"}, "streamKey is required", "j1"),
-    ({"jobId": "j1", "streamKey": "gd-2"}, "did you mean gd-1", "j1"),
+    ({"jobId": "j1", "streamKey": "gd-2"}, "gd-1?", "j1"),
     ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 0}, "nNeighbors", "j1"),
     ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 2000}, "nNeighbors", "j1"),
     ({"jobId": "j1", "streamKey": "gd-1", "nNeighbors": 8.5}, "nNeighbors", "j1"),

@@ -96,6 +96,11 @@ POISON = [
      "unknown field"),
     (json.dumps({"jobId": "p-src", "streamKey": "gd-1", "source": "/nope.parquet"}), "p-src",
      "does not exist"),
+    (json.dumps({"jobId": "p-s3", "streamKey": "gd-1",
+                 "source": "s3://ray-app-results/inputs/missing.parquet"}), "p-s3",
+     "does not exist"),
+    (json.dumps({"jobId": "p-cols", "streamKey": "gd-1", "columns": {"RA": "right_asc"}}),
+     "p-cols", "unknown name(s) right_asc"),
 ]
 
 
@@ -194,3 +199,33 @@ def test_load_jobs_through_two_drivers(aws, n):
     assert len(done) == n and not twice
     assert sum(per_driver) == n
     assert _visible(aws) == 0 and _visible(aws, svc.queue.dlq_url) == 0
+
+
+def test_job_reads_an_s3_catalogue_with_renamed_columns(aws):
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_app.data.synthetic import synthetic_catalogue
+
+    cols = synthetic_catalogue("gd-1", n_background=800, n_stream=150, seed=9)
+    table = pa.table({"SOURCE_ID": cols["source_id"], "RA_ICRS": cols["ra"],
+                      "DE_ICRS": cols["dec"], "pmra": cols["pmra"], "pmdec": cols["pmdec"],
+                      "parallax": cols["parallax"]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    boto3.client("s3").put_object(Bucket=aws["bucket"], Key="inputs/field.parquet",
+                                  Body=buf.getvalue())
+    svc = _service(aws)
+    submit(svc, {"jobId": "s3-in", "streamKey": "gd-1", "nNeighbors": 8,
+                 "source": f"s3://{aws['bucket']}/inputs/field.parquet",
+                 "columns": {"SOURCE_ID": "source_id", "RA_ICRS": "ra", "DE_ICRS": "dec"}})
+    _run(_driver(aws))
+    rec = svc.status.get("s3-in")
+    assert rec["status"] == COMPLETED, rec
+    meta = json.loads(boto3.client("s3").get_object(
+        Bucket=aws["bucket"], Key="jobs/s3-in/metadata.json")["Body"].read())
+    assert meta["data"]["uri"].startswith("s3://") and meta["counts"]["stars"] == 950
+    assert np.isfinite(meta["counts"]["finite_pairs"])

@@ -22,32 +22,79 @@ class CatalogueError(ValueError):
     """A catalogue that cannot be used; the message names the file, column and problem."""
 
 
-def read_catalogue(path: str | Path, columns_map: dict | None = None) -> tuple[dict, pa.Table]:
+def is_uri(source: str | Path) -> bool:
+    return "://" in str(source)
+
+
+def read_catalogue(source: str | Path, columns_map: dict | None = None
+                   ) -> tuple[dict, pa.Table]:
     """Read a Parquet catalogue and return (columns, raw arrow table).
 
     Parameters
     ----------
-    path : str or Path
-        Local Parquet file.
+    source : str or Path
+        Local Parquet file, or a URI pyarrow's filesystems open (``s3://bucket/key``; the S3
+        endpoint and credentials come from the standard AWS environment, ``AWS_ENDPOINT_URL``
+        included).
     columns_map : dict, optional
         Renames from the file's names to ours, e.g. ``{"RA_ICRS": "ra"}``.
 
     Raises
     ------
     CatalogueError
-        Unreadable file, missing columns, wrong types or implausible units.
+        Missing or unreadable file, missing columns, wrong types or implausible units: the
+        input will never work as it is. Other I/O errors (network) propagate as they are:
+        a retry may succeed.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CatalogueError(f"input catalogue {str(path)!r} does not exist")
+    name = str(source)
     try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+        if is_uri(name):
+            from pyarrow import fs
+
+            filesystem, path = fs.FileSystem.from_uri(name)
+            table = pq.read_table(path, filesystem=filesystem)
+        else:
+            if not Path(name).exists():
+                raise FileNotFoundError(name)
+            table = pq.read_table(name)
+    except FileNotFoundError:
+        raise CatalogueError(f"input catalogue {name!r} does not exist") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise CatalogueError(
-            f"input catalogue {str(path)!r} is not a readable Parquet file: {exc}") from exc
+            f"input catalogue {name!r} is not a readable Parquet file: {exc}") from exc
     if columns_map:
+        unknown = sorted(set(columns_map) - set(table.column_names))
+        if unknown:
+            raise CatalogueError(f"{name}: columns mapping names column(s) "
+                                 f"{', '.join(unknown)} that the file does not have "
+                                 f"(it has: {', '.join(table.column_names)})")
         table = table.rename_columns([columns_map.get(c, c) for c in table.column_names])
-    return columns_from_table(table, origin=str(path)), table
+    return columns_from_table(table, origin=name), table
+
+
+def parse_columns_map(text: str | dict | None) -> dict | None:
+    """``"RA_ICRS=ra,DE_ICRS=dec"`` (or a dict) -> ``{"RA_ICRS": "ra", "DE_ICRS": "dec"}``.
+
+    Targets must be known column names; each source maps once.
+    """
+    if text is None or text == "" or text == {}:
+        return None
+    if isinstance(text, str):
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+            raise ValueError(f"columns must look like FILE_NAME=our_name[,...], got {text!r}")
+        mapping = {a.strip(): b.strip() for a, b in pairs}
+    elif isinstance(text, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                        for k, v in text.items()):
+        mapping = dict(text)
+    else:
+        raise ValueError(f"columns must map file column names to ours, got {text!r}")
+    allowed = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
+    bad = sorted(v for v in mapping.values() if v not in allowed)
+    if bad:
+        raise ValueError(f"columns maps to unknown name(s) {', '.join(bad)}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
+    return mapping
 
 
 def columns_from_table(table: pa.Table, origin: str = "table") -> dict:

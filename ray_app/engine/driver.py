@@ -78,14 +78,13 @@ class Driver:
     """
 
     def __init__(self, queue, status, results, engine, config: DriverConfig | None = None,
-                 driver_id: str | None = None, fetch_source=None):
+                 driver_id: str | None = None):
         self.queue = queue
         self.status = status
         self.results = results
         self.engine = engine
         self.config = config or DriverConfig()
         self.driver_id = driver_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.fetch_source = fetch_source
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, tuple[threading.Thread, object]] = {}
@@ -240,14 +239,11 @@ class Driver:
                 self.metrics.running.set(self.running())
 
     def _params(self, spec: JobSpec, out: Path) -> RecoverParams:
-        input_path = None
-        if spec.source != "synthetic":
-            input_path = self.fetch_source(spec.source, out.with_suffix(".input")) \
-                if self.fetch_source else spec.source
+        input_path = None if spec.source == "synthetic" else spec.source
         return RecoverParams(stream_key=spec.stream_key, n_neighbors=spec.n_neighbors,
                              sigma_threshold=spec.sigma_threshold, input_path=input_path,
                              out_dir=str(out), seed=spec.seed, n_background=spec.n_background,
-                             n_stream=spec.n_stream, shards=spec.shards)
+                             n_stream=spec.n_stream, shards=spec.shards, columns=spec.columns)
 
     # ------------------------------------------------------------------ housekeeping
     def _drain(self) -> None:
