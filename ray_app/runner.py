@@ -182,7 +182,7 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
                    "shard_axis": FEATURE_NAMES[sharded.axis], "halo": sharded.halo,
-                   "halo_fixup_stars": sharded.halo_widened,
+                   "halo_fixup_stars": sharded.halo_fixups,
                    "forest_retries": sharded.forest_retries,
                    "shard_nodes": sharded.placement, "shard_actors": sharded.actors},
         "data": provenance,

@@ -86,7 +86,7 @@ def test_too_narrow_halo_is_fixed_not_ignored(synthetic):
     X, sid = synthetic
     ref = _reference(X, sid, 16)
     sharded = sharded_density_and_forests(X, sid, 16, InProcessExecutor(CPU), 5, halo=0.05)
-    assert sharded.halo_widened > len(X) // 4  # most stars needed the fix-up shard
+    assert sharded.halo_fixups > len(X) // 4  # most stars needed the fix-up shard
     _assert_same(_outputs(X, sid, 16, sharded), ref)
 
 

@@ -7,7 +7,7 @@ single-machine :func:`recover` chains them and is the reference the sharded run 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -148,9 +148,9 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
     # exponential-tail model.
     n_sub = min(n, max_stars)
     ceiling = max(float(f.max()) for f, _ in diagrams) + null.scale * np.log(n / n_sub)
-    ess = [essential_key_saddles(p, f, ceiling)[1] for f, p in diagrams]
-    ess = np.concatenate(ess)
-    return fit_null(finite, ess[np.isfinite(ess)], background_ceiling=ceiling)
+    ess = np.concatenate([essential_key_saddles(p, f, ceiling)[1] for f, p in diagrams])
+    return replace(null, essential_null=np.sort(ess[np.isfinite(ess)]),
+                   background_ceiling=float(ceiling))
 
 
 def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullModel,

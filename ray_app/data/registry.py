@@ -157,10 +157,6 @@ for _s in (*_STREAMS, *_galstreams()):
         _INDEX.setdefault(_n, _s)
 
 
-def known_keys() -> list[str]:
-    return [s.key for s in _ALL]
-
-
 def all_streams() -> list[StreamInfo]:
     return list(_ALL)
 

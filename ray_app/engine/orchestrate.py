@@ -54,7 +54,7 @@ class ShardedDensity:
     requeried: int = 0
     shards: int = 1
     halo: float = float("inf")
-    halo_widened: int = 0
+    halo_fixups: int = 0
     forest_retries: int = 0
     axis: int = 0
     placement: list[str] = field(default_factory=list)
@@ -212,6 +212,6 @@ def sharded_density_and_forests(X, sid, k: int, executor, n_shards: int = 1, see
         log_density=f, kth_distance=kth, forests=[forests[s.index] for s in shards],
         backend=backend, shard_seconds=[seconds[s.index] for s in shards],
         requeried=counters["requeried"], shards=len(shards), halo=float(halo),
-        halo_widened=len(failing), forest_retries=forest_retries,
+        halo_fixups=len(failing), forest_retries=forest_retries,
         placement=[placement[s.index] for s in shards],
         actors=[actors[s.index] for s in shards], axis=shards[0].axis)

@@ -46,7 +46,6 @@ class _Slot:
     keys: set = field(default_factory=set)  # shard states it holds
     busy: _Task | None = None
     idle_since: float = field(default_factory=time.monotonic)
-    node_id: str | None = None
 
 
 class DensityPool:
@@ -108,11 +107,6 @@ class DensityPool:
                     self._rr.append(job)
                 self._queues[job].append(task)
         return task.future
-
-    def node_of(self, key: str) -> str | None:
-        with self._lock:
-            slot = self._slots.get(self._key_slot.get(key, -1))
-            return slot.node_id if slot else None
 
     def size(self) -> int:
         with self._lock:
@@ -200,7 +194,6 @@ class DensityPool:
             if task.method == "density":
                 slot.keys.add(task.key)
                 self._key_slot[task.key] = slot.slot
-                slot.node_id = result.get("node_id", slot.node_id)
             elif task.method in ("forest", "drop"):
                 slot.keys.discard(task.key)
                 self._key_slot.pop(task.key, None)

@@ -62,11 +62,6 @@ class SqsQueue:
         self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=receipt,
                                            VisibilityTimeout=int(seconds))
 
-    def depth(self) -> int:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
-        return int(attrs.get("ApproximateNumberOfMessages", 0))
-
     @property
     def dlq_url(self) -> str:
         if self._dlq_url is None:
