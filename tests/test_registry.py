@@ -68,8 +68,49 @@ def test_frames_agree_with_gala(key, gala_frame):
 def test_galstreams_tracks_lie_on_their_frames():
     off = []
     for s in all_streams():
-        _, phi2 = icrs_to_frame(s.frame, np.array([s.end_o[0], s.end_f[0]]),
-                                np.array([s.end_o[1], s.end_f[1]]))
+        _, phi2 = icrs_to_frame(s.frame, s.track.ra, s.track.dec)
         off.append(np.max(np.abs(phi2)))
     off = np.array(off)
     assert np.mean(off < 10) > 0.95, f"{np.sum(off >= 10)} tracks far from their equator"
+
+
+def test_every_stream_has_a_6d_track_footprint_and_cuts():
+    for s in all_streams():
+        t = s.track
+        assert len(t) >= 3 and np.all(np.isfinite(t.ra)) and np.all(np.isfinite(t.dec)), s.key
+        lo, hi = s.phi1_range
+        assert hi > lo, s.key
+        fp = s.footprint
+        # the footprint holds its own track, and not the sky 10 deg off it
+        assert fp.contains(t.ra, t.dec).all(), s.key
+        assert 0 < fp.area_deg2 < 4 * (hi - lo + 1) * s.phi2_half_width, s.key
+        assert s.default_cuts.parallax_max >= 1.0
+    gd1 = get_stream("gd-1")
+    assert np.all(np.isfinite(gd1.track.distance_kpc)) and np.all(np.isfinite(gd1.track.pmra))
+
+
+def test_footprint_contains_the_real_gd1_members(gd1_field):
+    _, members = gd1_field
+    inside = get_stream("gd-1").footprint.contains(members["ra"].to_numpy(),
+                                                   members["dec"].to_numpy())
+    assert inside.mean() > 0.97
+    # the track's (observed) proper motion follows the members' along the stream
+    s = get_stream("gd-1")
+    p1, _, pm1, pm2 = icrs_to_frame(s.frame, members["ra"].to_numpy(), members["dec"].to_numpy(),
+                                    members["pmra"].to_numpy(), members["pmdec"].to_numpy())
+    t = s.track_frame
+    assert np.median(np.abs(pm1 - np.interp(p1, t["phi1"], t["pm_phi1_cosphi2"]))) < 1.0
+    assert np.median(np.abs(pm2 - np.interp(p1, t["phi1"], t["pm_phi2"]))) < 1.0
+
+
+def test_tracks_pass_through_real_starstream_members(shared_data):
+    """StarStream's Pal 5 members (DR3) lie on our Pal 5 track, within its footprint."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(shared_data / "starstream_dr3_gc_members.parquet").to_pandas()
+    pal5 = t[t.gc == "Pal_5"]
+    s = get_stream("pal5")
+    _, phi2 = icrs_to_frame(s.frame, pal5.ra.to_numpy(), pal5.dec.to_numpy())
+    assert np.median(np.abs(phi2 - np.interp(*icrs_to_frame(s.frame, pal5.ra.to_numpy(),
+                                                            pal5.dec.to_numpy())[:1],
+                                           s.track_frame["phi1"], s.track_frame["phi2"]))) < 0.5
