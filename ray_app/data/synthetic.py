@@ -1,8 +1,16 @@
-"""Seeded Gaia-like synthetic catalogues: a smooth background plus one injected stream.
+"""Seeded Gaia-like synthetic catalogues.
 
-Minimal by design (the data issue brings a calibrated Milky-Way background). Everything is
-generated in the stream frame and rotated to ICRS, so the output has exactly the columns a Gaia
-query returns, plus ground-truth labels:
+Two generators:
+
+* :func:`synthetic_sky` (the realistic one, used by jobs with ``source: synthetic``): field
+  stars from the Milky-Way model of :mod:`ray_app.data.sky_model` inside any region, plus
+  streams injected along registry tracks (:class:`Injection`), each star labelled with its
+  true stream (``stream_label``, -1 for the field); marginals checked against the real GD-1
+  field in tests/test_synthetic.py;
+* :func:`synthetic_catalogue`, a small toy (a Gaussian-mixture background in a stream-frame
+  box) kept for fast unit tests of the core algorithms, where its simplicity is the point.
+
+The toy's model, in the stream frame and rotated to ICRS:
 
 * background: positions uniform on the sphere patch with a gentle phi2 gradient; proper motions
   from a two-component (halo + thick-disc-like) Gaussian mixture offset from the stream's;
@@ -15,6 +23,8 @@ Units: degrees, mas/yr, mas. ``is_stream`` is the truth label.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,3 +132,159 @@ def shuffle_kinematics(cols: dict, rng: np.random.Generator) -> dict:
     for c in ("pmra", "pmdec", "parallax"):
         out[c] = np.asarray(cols[c])[perm]
     return out
+
+
+# ---------------------------------------------------------------- realistic synthetic sky
+@dataclass(frozen=True)
+class Injection:
+    """A stream to inject along a registry track.
+
+    Attributes
+    ----------
+    stream : str or StreamInfo
+        Registry key (or entry) whose 6-D track the members follow.
+    n_members : int
+        Members generated brighter than the magnitude limit (some fall to the colour and
+        parallax cuts, as real members would).
+    width_deg : float, optional
+        Gaussian phi2 dispersion about the track (default: the registry width).
+    velocity_dispersion_kms : float
+        Intrinsic velocity dispersion (km/s), converted to proper motion at each star's
+        distance (a cold globular-cluster stream: 2-5 km/s; dwarf-galaxy streams: 10-20).
+    depth_fraction : float
+        Relative line-of-sight depth (Gaussian sigma of distance / track distance).
+    clumpiness : float
+        Amplitude (0-1) of the density variations along the track (gaps and over-densities).
+    """
+
+    stream: object
+    n_members: int
+    width_deg: float | None = None
+    velocity_dispersion_kms: float = 4.0
+    depth_fraction: float = 0.03
+    clumpiness: float = 0.6
+
+
+def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
+    """Members of one injected stream (before the region and query cuts)."""
+    from .sky_model import COMPONENTS, K, _colour, _draw_abs_mag, gaia_parallax_error
+
+    info = inj.stream if isinstance(inj.stream, StreamInfo) else get_stream(inj.stream)
+    t = info.track_frame
+    lo, hi = info.phi1_range
+    n = inj.n_members
+    if n <= 0:
+        return {}
+    # density along the track: 1 + clumpiness x a smooth random curve in [-1, 1]
+    k = rng.uniform(1.0, 6.0, 4)
+    ph = rng.uniform(0, 2 * np.pi, 4)
+
+    def shape(p1):
+        x = (p1 - lo) / max(hi - lo, 1e-9)
+        return np.sum(np.sin(2 * np.pi * k[:, None] * x + ph[:, None]), axis=0) / 4
+
+    phi1 = np.empty(0)
+    while len(phi1) < n:
+        cand = rng.uniform(lo, hi, 4 * n)
+        acc = rng.uniform(size=cand.size) * (1 + inj.clumpiness) < 1 + inj.clumpiness * shape(
+            cand)
+        phi1 = np.concatenate([phi1, cand[acc]])
+    phi1 = phi1[:n]
+    width = inj.width_deg if inj.width_deg is not None else info.width_deg
+    phi2 = np.interp(phi1, t["phi1"], t["phi2"]) + rng.normal(0, width, n)
+    dist_track = t["distance_kpc"]
+    ok = np.isfinite(dist_track) & (dist_track > 0)
+    dist0 = (np.interp(phi1, t["phi1"][ok], dist_track[ok]) if ok.sum() >= 2
+             else np.full(n, info.distance_kpc))
+    d = dist0 * (1 + rng.normal(0, inj.depth_fraction, n))
+    d = np.maximum(d, 0.05)
+    sig_pm = inj.velocity_dispersion_kms / (K * d)
+    pm1 = np.interp(phi1, t["phi1"], t["pm_phi1_cosphi2"]) + rng.normal(0, sig_pm)
+    pm2 = np.interp(phi1, t["phi1"], t["pm_phi2"]) + rng.normal(0, sig_pm)
+    mu = 5 * np.log10(d * 100.0)
+    halo = COMPONENTS[2]  # an old, metal-poor population
+    mg, giant = _draw_abs_mag(halo, g_max - mu, rng)
+    g = mg + mu
+    colour = _colour(mg, giant, halo.colour_offset, rng)
+    plx_err = gaia_parallax_error(g)
+    pm_err = plx_err * rng.uniform(0.9, 1.3, n)
+    ra, dec, pmra, pmdec = frame_to_icrs(info.frame, phi1, phi2, pm1, pm2)
+    return {"ra": ra, "dec": dec, "pmra": pmra + rng.normal(0, pm_err),
+            "pmdec": pmdec + rng.normal(0, pm_err),
+            "parallax": 1 / d + rng.normal(0, plx_err), "parallax_error": plx_err,
+            "pmra_error": pm_err, "pmdec_error": pm_err, "ra_error": 0.7 * plx_err,
+            "dec_error": 0.6 * plx_err, "phot_g_mean_mag": g, "bp_rp": colour,
+            "distance_kpc": d}
+
+
+def synthetic_sky(region, n_background: int, injections=(), seed: int = 42,
+                  cuts=None, photometry: bool = True) -> dict:
+    """A seeded Gaia-like catalogue of ``region``: Milky-Way field stars plus injected streams.
+
+    Parameters
+    ----------
+    region : Region
+        Where the stars are (a stream footprint or a blind region).
+    n_background : int
+        Field stars passing the cuts (>= 0), drawn by :func:`ray_app.data.sky_model.draw_field`.
+    injections : sequence of Injection
+        Streams to inject; members outside the region or failing the cuts are dropped.
+    seed : int
+    cuts : QueryCuts, optional
+        The archive cuts to emulate (default: :class:`~ray_app.data.gaia.QueryCuts()`).
+    photometry : bool
+        Keep ``phot_g_mean_mag`` and ``bp_rp`` (cuts use them either way).
+
+    Returns
+    -------
+    dict
+        The Gaia query's columns, plus truth: ``stream_label`` (-1: field; i: the i-th
+        injection), ``is_stream``, ``distance_kpc``.
+    """
+    from .gaia import QueryCuts
+    from .sky_model import draw_field
+
+    if isinstance(n_background, bool) or not isinstance(n_background, int | np.integer) \
+            or n_background < 0:
+        raise ValueError(f"n_background must be an integer >= 0, got {n_background!r}")
+    cuts = cuts or QueryCuts()
+    rng = np.random.default_rng(seed)
+    parts = []
+    if n_background:
+        f = draw_field(region, int(n_background), rng, g_max=cuts.g_max,
+                       parallax_max=cuts.parallax_max,
+                       bp_rp_range=(cuts.bp_rp_min, cuts.bp_rp_max))
+        f.pop("component")
+        f["stream_label"] = np.full(len(f["ra"]), -1, np.int32)
+        parts.append(f)
+    for i, inj in enumerate(injections):
+        m = _members(inj, rng, cuts.g_max)
+        if not m:
+            continue
+        keep = region.contains(m["ra"], m["dec"]) & (m["phot_g_mean_mag"] < cuts.g_max) \
+            & (m["parallax"] < cuts.parallax_max) & (m["bp_rp"] > cuts.bp_rp_min) \
+            & (m["bp_rp"] < cuts.bp_rp_max)
+        m = {k: v[keep] for k, v in m.items()}
+        m["stream_label"] = np.full(int(keep.sum()), i, np.int32)
+        parts.append(m)
+    if not parts:
+        raise ValueError("a synthetic sky needs n_background > 0 or an injection")
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    n = len(cols["ra"])
+    order = rng.permutation(n)
+    cols = {k: v[order] for k, v in cols.items()}
+    # Gaia-like ids: the level-12 HEALPix pixel in the top bits, unique below
+    import astropy.units as u
+    from astropy_healpix import HEALPix
+
+    pix = HEALPix(nside=2**12, order="nested").lonlat_to_healpix(cols["ra"] * u.deg,
+                                                                 cols["dec"] * u.deg)
+    low = rng.choice(2**35, size=n, replace=False) if n < 2**20 else \
+        (np.arange(n, dtype=np.int64) * 7919 + rng.integers(0, 2**20)) % 2**35
+    cols["source_id"] = pix.astype(np.int64) * 2**35 + low
+    cols["ruwe"] = np.clip(rng.lognormal(np.log(1.0), 0.08, n), 0.7, None)
+    cols["is_stream"] = cols["stream_label"] >= 0
+    if not photometry:
+        cols.pop("phot_g_mean_mag")
+        cols.pop("bp_rp")
+    return cols
