@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
@@ -44,15 +45,32 @@ def _progress_printer(stream=sys.stderr):
     return show
 
 
+def _region_arg(text):
+    """``--region``: JSON text or @file.json."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--region must be JSON (or @file.json), got {text[:80]!r}: {exc}") \
+            from None
+
+
 def cmd_recover(args) -> int:
     from .config import RecoverParams
     from .io.status import SqliteStatusStore
     from .jobspec import validate_job_id
     from .service import local_home, new_job_id
 
+    region = _region_arg(args.region)
+    if args.stream_key is None and region is None:
+        args.stream_key = "gd-1"
     params = RecoverParams(stream_key=args.stream_key, n_neighbors=args.n_neighbors,
                            sigma_threshold=args.sigma_threshold, input_path=args.input,
-                           out_dir=args.out or f"results/{args.stream_key.lower()}",
+                           region=region, cache=args.cache,
+                           out_dir=args.out or f"results/{(args.stream_key or 'region').lower()}",
                            seed=args.seed, write_ecsv=not args.no_ecsv,
                            n_background=args.n_background, n_stream=args.n_stream,
                            shards=args.shards, columns=args.columns)
@@ -102,8 +120,13 @@ def _service(args):
 def cmd_submit(args) -> int:
     from .service import new_job_id, submit
 
-    message = {"jobId": args.job_id or new_job_id(), "streamKey": args.stream_key,
-               "nNeighbors": args.n_neighbors, "sigmaThreshold": args.sigma_threshold}
+    message = {"jobId": args.job_id or new_job_id(), "nNeighbors": args.n_neighbors,
+               "sigmaThreshold": args.sigma_threshold}
+    region = _region_arg(args.region)
+    if region is not None:
+        message["region"] = region
+    if args.stream_key is not None:
+        message["streamKey"] = args.stream_key
     if args.input:
         message["source"] = args.input
     if args.columns:
@@ -258,8 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recover", help="recover a stream locally (local Ray, local folder)",
                        description="Run one stream recovery and write its outputs to --out.")
-    r.add_argument("stream_key", help="registry key or alias, e.g. gd-1 (see `ray-app catalog`)")
-    r.add_argument("--input", help="Parquet catalogue, local path or s3:// URI (columns "
+    r.add_argument("stream_key", nargs="?", default=None,
+                   help="registry key or alias, e.g. gd-1 (see `ray-app catalog`); default "
+                        "gd-1 unless --region is given")
+    r.add_argument("--region", help="blind search instead of a stream: JSON (or @file.json), "
+                                    "e.g. '{\"cone\": {\"center\": [150, 30], \"radius\": 5}}'")
+    r.add_argument("--cache", help="Gaia chunk cache: folder or s3://bucket/prefix (default "
+                                   "$RAY_APP_HOME/cache/gaia)")
+    r.add_argument("--input", help="'gaia-dr3' (the Gaia archive, $RAY_APP_GAIA_URL), or a "
+                                   "Parquet catalogue, local path or s3:// URI (columns "
                                    "source_id, ra, dec, pmra, pmdec, parallax); default: "
                                    "seeded synthetic catalogue")
     r.add_argument("--columns", help="rename the input's columns to ours: "
@@ -296,11 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="queue a job (status PENDING + SQS message); prints "
                                        "its jobId")
-    sb.add_argument("stream_key")
+    sb.add_argument("stream_key", nargs="?", default=None)
+    sb.add_argument("--region", help="blind region JSON (or @file.json) instead of a stream")
     sb.add_argument("--job-id", help="1-128 characters of [A-Za-z0-9_-] (default: random)")
     sb.add_argument("--n-neighbors", type=_number, default=32)
     sb.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD)
-    sb.add_argument("--input", help="catalogue: Parquet path or s3://bucket/key "
+    sb.add_argument("--input", help="'gaia-dr3', or a Parquet path or s3://bucket/key "
                                     "(default: synthetic)")
     sb.add_argument("--columns", help="FILE_NAME=our_name[,...] renames of the input's columns")
     sb.add_argument("--shards", type=_number, default=None)

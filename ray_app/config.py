@@ -6,17 +6,52 @@ received and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .core.features import FeatureScales
 from .core.knn import validate_k
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
 from .data.catalogue import is_uri, parse_columns_map
+from .data.gaia import QueryCuts
+from .data.regions import Region, parse_region
 from .data.registry import get_stream
 
 DEFAULT_N_NEIGHBORS = 32
 MAX_SHARDS = 4096
+GAIA_SOURCES = ("gaia-dr3", "gaia")
+DEFAULT_GAIA_URL = "https://gea.esac.esa.int/"
+#: Positional feature scale (deg) of blind regions searched without a stream frame: no
+#: direction is preferred, so phi1 and phi2 get the same scale.
+BLIND_POSITION_SCALE_DEG = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class RegionTarget:
+    """A blind region job's target: what the runner needs of a stream, for a region."""
+
+    region: Region
+    oriented: bool  # the job gave a frame (a direction to favour along phi1)
+
+    key = "region"
+    name = "blind region"
+
+    @property
+    def frame(self):
+        return self.region.frame
+
+    @property
+    def footprint(self) -> Region:
+        return self.region
+
+    @property
+    def default_cuts(self) -> QueryCuts:
+        return QueryCuts()
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "region": self.region.to_dict(),
+                "default_cuts": self.default_cuts.to_dict()}
 
 
 @dataclass
@@ -25,15 +60,23 @@ class RecoverParams:
 
     Attributes
     ----------
-    stream_key : str
-        Registry key or alias (``streamKey``).
+    stream_key : str, optional
+        Registry key or alias (``streamKey``); or give ``region``.
+    region : dict, optional
+        A blind region (``region`` of the job message, see
+        :func:`ray_app.data.regions.parse_region`); exclusive with ``stream_key``.
     n_neighbors : int
         k of the kNN (``nNeighbors``), 1..1024.
     sigma_threshold : float
         Candidate threshold (``sigmaThreshold``) > 0; integers accepted as floats.
     input_path : str, optional
-        Parquet catalogue (local path or ``s3://`` URI); ``None`` uses the seeded synthetic
-        catalogue.
+        Parquet catalogue (local path or ``s3://`` URI), ``"gaia-dr3"`` for the Gaia archive,
+        or ``None`` for the seeded synthetic sky. Region jobs keep the rows inside the region.
+    cache : str, optional
+        Where Gaia chunks are cached (folder or ``s3://bucket/prefix``); default
+        ``$RAY_APP_HOME/cache/gaia``.
+    gaia_url : str, optional
+        Gaia archive base URL (default ``$RAY_APP_GAIA_URL`` or ESA's).
     columns : dict, optional
         Renames from the catalogue's column names to ours (``{"RA_ICRS": "ra"}``).
     out_dir : str
@@ -49,7 +92,7 @@ class RecoverParams:
     scales : FeatureScales
     """
 
-    stream_key: str = "gd-1"
+    stream_key: str | None = "gd-1"
     n_neighbors: int = DEFAULT_N_NEIGHBORS
     sigma_threshold: float = DEFAULT_SIGMA_THRESHOLD
     input_path: str | None = None
@@ -60,13 +103,36 @@ class RecoverParams:
     n_stream: int = 500
     shards: int | None = None
     columns: dict | None = None
-    scales: FeatureScales = field(default_factory=FeatureScales)
+    scales: FeatureScales | None = None
+    region: dict | None = None
+    cache: str | None = None
+    gaia_url: str | None = None
 
     def __post_init__(self) -> None:
-        self.stream = get_stream(self.stream_key)
+        if (self.stream_key is None) == (self.region is None):
+            raise ValueError("give exactly one of streamKey (a registry stream) and region "
+                             f"(a blind search); got streamKey={self.stream_key!r}, "
+                             f"region={self.region!r}")
+        if self.region is not None:
+            reg = parse_region(self.region)
+            self.stream = RegionTarget(reg, oriented="frame" in self.region)
+            if self.scales is None and not self.stream.oriented:
+                self.scales = FeatureScales(phi1=BLIND_POSITION_SCALE_DEG,
+                                            phi2=BLIND_POSITION_SCALE_DEG)
+        else:
+            self.stream = get_stream(self.stream_key)
+        if self.scales is None:
+            self.scales = FeatureScales()
+        self.gaia = self.input_path in GAIA_SOURCES
+        if self.gaia:
+            from .service import local_home
+
+            self.cache = self.cache or str(local_home() / "cache" / "gaia")
+            self.gaia_url = self.gaia_url or os.environ.get("RAY_APP_GAIA_URL",
+                                                            DEFAULT_GAIA_URL)
         self.n_neighbors = validate_k(self.n_neighbors)
         self.sigma_threshold = validate_sigma(self.sigma_threshold)
-        if self.input_path is not None and not is_uri(self.input_path) \
+        if self.input_path is not None and not self.gaia and not is_uri(self.input_path) \
                 and not Path(self.input_path).exists():
             raise ValueError(f"input {self.input_path!r} does not exist")
         self.columns = parse_columns_map(self.columns)

@@ -18,6 +18,7 @@ from .config import DEFAULT_N_NEIGHBORS, MAX_SHARDS
 from .core.knn import validate_k
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
 from .data.catalogue import parse_columns_map
+from .data.regions import parse_region
 from .data.registry import get_stream
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -25,10 +26,14 @@ MAX_MESSAGE_BYTES = 256 * 1024
 
 FIELDS = {
     "jobId": "required: 1-128 characters of [A-Za-z0-9_-]",
-    "streamKey": "required: a registry key (ray-app catalog)",
+    "streamKey": "a registry key (ray-app catalog); exactly one of streamKey and region",
+    "region": "a blind region: {\"cone\": {\"center\": [ra, dec], \"radius\": deg}} | "
+              "{\"polygon\": [[ra, dec], ...]} | {\"healpix\": {\"level\": L, \"pixels\": "
+              "[...]}}, optional \"frame\": {\"pole\": [ra, dec]}",
     "nNeighbors": f"optional integer in [1, 1024], default {DEFAULT_N_NEIGHBORS}",
     "sigmaThreshold": f"optional number > 0, default {DEFAULT_SIGMA_THRESHOLD:g}",
-    "source": "optional: 'synthetic' (default) or a Parquet path / s3:// URI",
+    "source": "optional: 'synthetic' (default), 'gaia-dr3' (the Gaia archive, cached) or a "
+              "Parquet path / s3:// URI",
     "columns": "optional object: the source's column names -> ours, e.g. {\"RA_ICRS\": \"ra\"}",
     "shards": f"optional integer in [1, {MAX_SHARDS}]",
     "priority": "optional integer in [0, 9]",
@@ -50,7 +55,7 @@ class InvalidJob(ValueError):
 @dataclass(frozen=True)
 class JobSpec:
     job_id: str
-    stream_key: str
+    stream_key: str | None
     n_neighbors: int = DEFAULT_N_NEIGHBORS
     sigma_threshold: float = DEFAULT_SIGMA_THRESHOLD
     source: str = "synthetic"
@@ -61,13 +66,18 @@ class JobSpec:
     seed: int = 42
     n_background: int = 30000
     n_stream: int = 500
+    region: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_message(self) -> dict:
-        msg = {"jobId": self.job_id, "streamKey": self.stream_key,
-               "nNeighbors": self.n_neighbors, "sigmaThreshold": self.sigma_threshold,
+        msg = {"jobId": self.job_id, "nNeighbors": self.n_neighbors,
+               "sigmaThreshold": self.sigma_threshold,
                "source": self.source, "priority": self.priority, "seed": self.seed,
                "nBackground": self.n_background, "nStream": self.n_stream}
+        if self.stream_key is not None:
+            msg["streamKey"] = self.stream_key
+        if self.region is not None:
+            msg["region"] = self.region
         if self.shards is not None:
             msg["shards"] = self.shards
         if self.submitted_by is not None:
@@ -126,11 +136,15 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: "
                              f"{', '.join(FIELDS)}")
-        if "region" in msg:
-            raise ValueError("region jobs are not supported yet; give a streamKey")
-        if "streamKey" not in msg:
-            raise ValueError("streamKey is required (see `ray-app catalog`)")
-        stream = get_stream(msg["streamKey"])
+        if ("streamKey" in msg) == ("region" in msg):
+            raise ValueError("give exactly one of streamKey (a registry stream, see `ray-app "
+                             "catalog`) and region (a blind search)")
+        region = msg.get("region")
+        if region is not None:
+            parse_region(region)  # validated here: a bad region never reaches a driver
+            key = None
+        else:
+            key = get_stream(msg["streamKey"]).key
         k = validate_k(msg.get("nNeighbors", DEFAULT_N_NEIGHBORS))
         sigma = validate_sigma(msg.get("sigmaThreshold", DEFAULT_SIGMA_THRESHOLD))
         source = msg.get("source", "synthetic")
@@ -142,7 +156,7 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
             raise ValueError(f"submittedBy must be a string of at most 256 characters, "
                              f"got {submitted_by!r}")
         return JobSpec(
-            job_id=job_id, stream_key=stream.key, n_neighbors=k, sigma_threshold=sigma,
+            job_id=job_id, stream_key=key, region=region, n_neighbors=k, sigma_threshold=sigma,
             source=source, shards=_int_field(msg, "shards", 1, MAX_SHARDS, None),
             priority=_int_field(msg, "priority", 0, 9, 0), submitted_by=submitted_by,
             columns=parse_columns_map(msg.get("columns")),

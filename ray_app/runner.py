@@ -21,12 +21,22 @@ from .core.knn import validate_k
 from .core.persistence import merge_forests
 from .core.recovery import calibrate_null, candidate_labels, candidates, summarize_members
 from .core.significance import expected_false_candidates
-from .data.catalogue import CatalogueError, is_uri, read_catalogue, validate_columns
-from .data.synthetic import synthetic_catalogue
+from .data.catalogue import (
+    CatalogueError,
+    columns_from_table,
+    is_uri,
+    read_catalogue,
+    validate_columns,
+)
+from .data.synthetic import Injection, synthetic_sky
 from .io import outputs
 from .io.plots import summary_plot
 
 ProgressFn = Callable[[int, str], None]
+
+#: Kinematics are shuffled within sky cells this size (degrees, in the job's frame) to build
+#: the null: the field's large-scale proper-motion gradients stay, streams do not.
+NULL_CELL_DEG = 10.0
 
 STAGES = {"load": 5, "clean": 10, "features": 15, "density": 60, "merge": 70,
           "candidates": 85, "write": 100}
@@ -59,8 +69,28 @@ def _versions() -> dict:
     return out
 
 
-def load_catalogue(params: RecoverParams) -> tuple[dict, pa.Table, dict]:
-    """Columns, raw table and provenance of the job's input."""
+def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
+                   ) -> tuple[dict, pa.Table, dict]:
+    """Columns, raw table and provenance of the job's input: a Parquet catalogue, the Gaia
+    archive (through the chunk cache) or the seeded synthetic sky."""
+    target = params.stream
+    if params.gaia:
+        from .data.gaia import GaiaArchive, fetch_region
+        from .io.cache import open_cache
+
+        def chunk_progress(done: int, total: int) -> None:
+            if progress is not None:
+                progress(STAGES["load"] * done // max(total, 1), "load")
+
+        cuts = target.default_cuts
+        table, report, chunks = fetch_region(target.footprint, cuts,
+                                             GaiaArchive(params.gaia_url),
+                                             open_cache(params.cache), progress=chunk_progress)
+        cols = columns_from_table(table, origin="Gaia DR3")
+        prov = {"kind": "gaia-dr3", "archive": params.gaia_url, "cache": params.cache,
+                "cuts": cuts.to_dict(), "region": target.footprint.to_dict(),
+                "chunk_cache_keys": [c.cache_key for c in chunks], **report.to_dict()}
+        return cols, table, prov
     if params.input_path is not None:
         cols, table = read_catalogue(params.input_path, params.columns)
         if is_uri(params.input_path):
@@ -71,14 +101,27 @@ def load_catalogue(params: RecoverParams) -> tuple[dict, pa.Table, dict]:
                     "rows": table.num_rows}
         if params.columns:
             prov["columns_renamed"] = params.columns
+        if params.region is not None:  # a blind region keeps the catalogue's stars inside it
+            inside = target.region.contains(cols["ra"], cols["dec"])
+            if not inside.any():
+                raise CatalogueError(f"input catalogue {params.input_path!r}: none of its "
+                                     f"{table.num_rows} rows lies inside the region")
+            cols = {k: v[inside] for k, v in cols.items()}
+            table = table.filter(pa.array(inside))
+            prov["rows_in_region"] = int(inside.sum())
         return cols, table, prov
-    cols = synthetic_catalogue(params.stream, n_background=params.n_background,
-                               n_stream=params.n_stream, seed=params.seed)
-    cols = validate_columns(cols, "synthetic catalogue")
+    injections = []
+    if params.region is None and params.n_stream > 0:
+        injections = [Injection(target, params.n_stream)]
+    cols = synthetic_sky(target.footprint, params.n_background, injections, seed=params.seed,
+                         cuts=target.default_cuts)
+    cols = validate_columns(cols, "synthetic sky")
     table = pa.table(cols)
-    prov = {"kind": "synthetic", "generator": "ray_app.data.synthetic.synthetic_catalogue",
-            "stream": params.stream.key, "n_background": params.n_background,
-            "n_stream": params.n_stream, "seed": params.seed, "rows": table.num_rows}
+    prov = {"kind": "synthetic", "generator": "ray_app.data.synthetic.synthetic_sky",
+            "target": target.key, "n_background": params.n_background,
+            "injected": [{"stream": target.key, "n_members": params.n_stream}]
+            if injections else [], "n_stream_kept": int(cols["is_stream"].sum()),
+            "seed": params.seed, "rows": table.num_rows}
     return cols, table, prov
 
 
@@ -104,7 +147,7 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
         t = now
         progress(STAGES[stage], stage)
 
-    cols, table, provenance = load_catalogue(params)
+    cols, table, provenance = load_catalogue(params, progress)
     done("load")
 
     n_input = len(cols["source_id"])
@@ -141,7 +184,9 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     done("merge")
 
     t_null = time.perf_counter()
-    null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed)
+    null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
+                          shuffle_cell=(NULL_CELL_DEG / params.scales.phi1,
+                                        NULL_CELL_DEG / params.scales.phi2))
     timings["calibration"] = time.perf_counter() - t_null
     cres = candidates(pers, f, params.sigma_threshold, null)
     labels = candidate_labels(len(sid), cres.candidates)
@@ -161,7 +206,8 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
 
     finite = f[pers.peak] - f[pers.saddle]
     metadata = {
-        "job": {"stream_key": params.stream.key, "stream": params.stream.to_dict()},
+        "job": {"stream_key": params.stream.key, "stream": params.stream.to_dict(),
+                **({"region": params.region} if params.region is not None else {})},
         "parameters": {"nNeighbors": params.n_neighbors,
                        "sigmaThreshold": params.sigma_threshold, "seed": params.seed,
                        "feature_scales": params.scales.to_dict(),

@@ -156,11 +156,11 @@ def test_fetch_through_astroquery_then_cache_hit(gd1_sky, tmp_path):
 def test_retry_after_500_and_after_timeouts(gd1_sky, tmp_path):
     s = get_stream("gd-1")
     slept = []
-    with TapServer(gd1_sky, hang_s=2.0) as server:
+    with TapServer(gd1_sky, hang_s=4.0) as server:
         server.plan = ["500", "hang", "stuck", "ok"]
         table, report, chunks = fetch_region(s.footprint, s.default_cuts,
-                                             _archive(server, socket_timeout_s=0.5,
-                                                      job_timeout_s=0.3),
+                                             _archive(server, socket_timeout_s=1.5,
+                                                      job_timeout_s=1.0),
                                              LocalBlobCache(tmp_path), RetryPolicy(4, 0.01),
                                              sleep=slept.append)
         # chunk 0 took 4 attempts: 500 page, socket timeout, job timeout, success

@@ -90,20 +90,30 @@ def diagram(log_dens, source_id, indices) -> Persistence:
     return persistence_from_edges(log_dens, source_id, src, dst)
 
 
-def essential_key_saddles(pers: Persistence, log_dens,
-                          background_ceiling: float) -> tuple[np.ndarray, np.ndarray]:
-    """Key saddle of each essential class and its effective persistence.
+def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Key saddle of each essential class, its effective persistence, and how it was found.
 
-    An essential peak's lump is followed down through its merges (highest saddle first).
-    A merging component whose peak is denser than ``background_ceiling`` (the highest density
-    the background alone reaches, from the shuffled null copies) is part of the same
-    overdensity (a sub-lump of a stream); the first merge with a component whose peak the
-    background can produce is where the lump meets the background: its key saddle. An
-    essential class that never meets one has no key saddle (-1, nan).
+    Two cases, in this order:
+
+    * *the field dies into it*: a pair whose dying component holds more than half the stars
+      is the field (a smooth background that is one big component), dying into a denser
+      overdensity that holds the global maximum (a stream can: GD-1 is denser than any field
+      star). Had the field's peak been higher, the overdensity would have been a finite pair
+      dying at that same saddle: that saddle is its key saddle, and it is tested like a finite
+      pair (``via_field`` True);
+    * otherwise the lump is followed down through its merges, highest saddle first: a merging
+      component whose peak is denser than ``background_ceiling`` (the highest density the
+      background alone reaches, from the null copies) is part of the same overdensity; the
+      first merge with a component the background can produce is where the lump meets the
+      background. Tested against the null copies' essential classes, found the same way.
+
+    An essential class with neither has no key saddle (-1, nan).
     """
     f = np.asarray(log_dens)
     n_ess = len(pers.essential)
     saddle = np.full(n_ess, -1, dtype=np.int64)
+    via_field = np.zeros(n_ess, dtype=bool)
     if len(pers.peak) and n_ess:
         idx = np.flatnonzero(f[pers.peak] <= background_ceiling)
         if len(idx):
@@ -112,18 +122,53 @@ def essential_key_saddles(pers: Persistence, log_dens,
             elders, first = np.unique(pers.elder_peak[idx], return_index=True)
             key_of = dict(zip(elders.tolist(), pers.saddle[idx[first]].tolist(), strict=True))
             saddle = np.array([key_of.get(int(g), -1) for g in pers.essential], dtype=np.int64)
+        field = np.flatnonzero(np.asarray(pers.younger_size) * 2 > len(f))
+        field_of = {int(pers.elder_peak[i]): int(pers.saddle[i]) for i in field}
+        for j, g in enumerate(pers.essential.tolist()):
+            if g in field_of:
+                saddle[j] = field_of[g]
+                via_field[j] = True
     eff = np.where(saddle >= 0, f[pers.essential] - f[np.maximum(saddle, 0)], np.nan)
-    return saddle, eff
+    return saddle, eff, via_field
+
+
+def local_permutation(X: np.ndarray, cell, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of the rows that only moves stars within position cells.
+
+    ``cell`` = (width along column 0, width along column 1) in feature units; ``None``
+    permutes across all stars.
+    """
+    n = len(X)
+    if cell is None:
+        return rng.permutation(n)
+    c0 = np.floor(X[:, 0] / cell[0]).astype(np.int64)
+    c1 = np.floor(X[:, 1] / cell[1]).astype(np.int64)
+    key = (c0 - c0.min()) * (int(c1.max() - c1.min()) + 1) + (c1 - c1.min())
+    # stable sort by cell, shuffled within: sort on (cell, random)
+    order = np.lexsort((rng.uniform(size=n), key))
+    perm = np.empty(n, np.int64)
+    sorted_key = key[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
+    ends = np.r_[starts[1:], n]
+    by_cell = np.argsort(key, kind="stable")
+    for a, b in zip(starts, ends, strict=True):
+        perm[by_cell[a:b]] = order[a:b]
+    return perm
 
 
 def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MAX_STARS,
-                   rounds: int = NULL_ROUNDS) -> NullModel:
+                   rounds: int = NULL_ROUNDS, shuffle_cell=None) -> NullModel:
     """Null model from shuffled copies of the job's own stars (see significance.py).
 
     Each round subsamples at most ``max_stars`` stars, permutes their kinematic features
     (columns 2-4: proper motions and parallax, jointly) across stars, and computes the copy's
     diagram. The kNN density estimates a probability density, so a subsample estimates the
     same density levels as the full job.
+
+    ``shuffle_cell`` (widths along feature columns 0 and 1) restricts the permutation to stars
+    in the same position cell: the field's large-scale kinematic gradients (the solar reflex
+    changes across a long footprint) survive in the null, while a stream, narrow on the sky and
+    coherent in motion, is still destroyed. ``None`` permutes across the whole job.
     """
     rng = np.random.default_rng(seed)
     n = len(X)
@@ -132,7 +177,7 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
         rows = np.sort(rng.choice(n, size=max_stars, replace=False)) if n > max_stars \
             else np.arange(n)
         Xs = X[rows].copy()
-        Xs[:, 2:] = Xs[rng.permutation(len(rows)), 2:]
+        Xs[:, 2:] = Xs[local_permutation(Xs, shuffle_cell, rng), 2:]
         sid = np.asarray(source_id)[rows]
         d = density(Xs, sid, min(k, len(rows) - 1))
         diagrams.append((d.log_density, diagram(d.log_density, sid, d.indices)))
@@ -148,7 +193,8 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
     # exponential-tail model.
     n_sub = min(n, max_stars)
     ceiling = max(float(f.max()) for f, _ in diagrams) + null.scale * np.log(n / n_sub)
-    ess = np.concatenate([essential_key_saddles(p, f, ceiling)[1] for f, p in diagrams])
+    keyed = [essential_key_saddles(p, f, ceiling) for f, p in diagrams]
+    ess = np.concatenate([eff[~field] for _, eff, field in keyed])
     return replace(null, essential_null=np.sort(ess[np.isfinite(ess)]),
                    background_ceiling=float(ceiling))
 
@@ -168,14 +214,21 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
     """
     f = np.asarray(log_dens)
     finite = f[pers.peak] - f[pers.saddle]
-    ess_saddle, ess_pers = essential_key_saddles(pers, f, null.background_ceiling)
+    ess_saddle, ess_pers, via_field = essential_key_saddles(pers, f, null.background_ceiling)
     ess_death = np.where(ess_saddle >= 0, f[np.maximum(ess_saddle, 0)], np.nan)
-    n_tests = max(len(finite), 1)
+    # A pair whose dying component holds most of the stars is the field itself, dying into a
+    # denser overdensity that holds the global maximum (a stream can): that overdensity is
+    # scored as an essential class at its key saddle, the field is not a candidate.
+    field = np.asarray(pers.younger_size) * 2 > len(f)
+    n_tests = max(int(np.sum(~field)) + int(np.sum(ess_saddle >= 0)), 1)
     pair_sigma = job_sigma(null.log_survival(finite), n_tests) if len(finite) else np.empty(0)
+    pair_sigma = np.where(field, 0.0, pair_sigma)
     ess_sigma = np.full(len(ess_saddle), np.nan)
     has = ess_saddle >= 0
     if has.any():
-        ess_sigma[has] = job_sigma(null.log_survival_essential(ess_pers[has]), 1)
+        ess_sigma[has] = np.where(
+            via_field[has], job_sigma(null.log_survival(ess_pers[has]), n_tests),
+            job_sigma(null.log_survival_essential(ess_pers[has]), 1))
 
     rows = [(float(pair_sigma[i]), float(finite[i]), int(pers.peak[i]), int(pers.saddle[i]),
              False) for i in np.flatnonzero(pair_sigma >= sigma_threshold)]

@@ -240,7 +240,12 @@ class Driver:
 
     def _params(self, spec: JobSpec, out: Path) -> RecoverParams:
         input_path = None if spec.source == "synthetic" else spec.source
-        return RecoverParams(stream_key=spec.stream_key, n_neighbors=spec.n_neighbors,
+        cache = None
+        if spec.source in ("gaia-dr3", "gaia"):
+            cache = self.results.cache_location() if hasattr(self.results,
+                                                             "cache_location") else None
+        return RecoverParams(stream_key=spec.stream_key, region=spec.region, cache=cache,
+                             n_neighbors=spec.n_neighbors,
                              sigma_threshold=spec.sigma_threshold, input_path=input_path,
                              out_dir=str(out), seed=spec.seed, n_background=spec.n_background,
                              n_stream=spec.n_stream, shards=spec.shards, columns=spec.columns)

@@ -32,6 +32,10 @@ class LocalResultStore:
     def prefix(self, job_id: str) -> str:
         return str(self.root / "jobs" / validate_job_id(job_id))
 
+    def cache_location(self) -> str:
+        """Where fetched data (Gaia chunks) is cached, beside the results."""
+        return str(self.root / "cache" / "gaia")
+
     def upload(self, job_id: str, local_dir: str | Path) -> str:
         dest = Path(self.prefix(job_id))
         dest.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,10 @@ class S3ResultStore:
 
     def prefix(self, job_id: str) -> str:
         return f"{self.base}/{validate_job_id(job_id)}/"
+
+    def cache_location(self) -> str:
+        """Where fetched data (Gaia chunks) is cached, beside the results."""
+        return f"s3://{self.bucket}/cache/gaia"
 
     def uri(self, job_id: str) -> str:
         return f"s3://{self.bucket}/{self.prefix(job_id)}"
