@@ -37,9 +37,9 @@ def one(stream: str, richness: int, background: int, seed: int) -> dict:
                                seed=seed, out_dir=str(Path(tmp) / "out"), write_ecsv=False)
         summary = run_recovery(params, InProcessEngine())
         stars = pq.read_table(Path(tmp) / "out" / "stars.parquet",
-                              columns=["is_stream", "candidate"]).to_pandas()
-    truth = stars.is_stream.to_numpy()
-    cand = stars.candidate.to_numpy()
+                              columns=["is_stream", "candidate"])
+    truth = stars.column("is_stream").to_numpy(zero_copy_only=False)
+    cand = stars.column("candidate").to_numpy()
     best, false = None, 0
     for c in summary.candidates:
         members = cand == c["index"]
