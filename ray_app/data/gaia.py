@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.frames import frame_to_icrs, icrs_to_frame
-from .regions import Region, _vec
+from .regions import Region, _vec, healpix_index
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,10 @@ def _source_id_cuts(frame, a, b, c, d, n: int) -> list[int]:
     on level-8 HEALPix boundaries (hence also level-12 ones)."""
     if n <= 1:
         return []
-    import astropy.units as u
-    from astropy_healpix import HEALPix
-
     g1, g2 = np.meshgrid(np.linspace(a, b, 60), np.linspace(c, d, 60))
     w = np.cos(np.radians(g2)).ravel()
     ra, dec = frame_to_icrs(frame, g1.ravel(), g2.ravel())
-    pix = HEALPix(nside=2**8, order="nested").lonlat_to_healpix(ra * u.deg, dec * u.deg)
+    pix = healpix_index(ra, dec, 8)
     unit = SOURCE_ID_PER_LEVEL12 * 4 ** (12 - 8)
     o = np.argsort(pix)
     cw = np.cumsum(w[o]) / w.sum()

@@ -13,6 +13,7 @@ Angles are degrees. Pure NumPy (astropy-healpix for pixel regions); no network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -36,6 +37,16 @@ def _lonlat(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = v / np.linalg.norm(v, axis=-1, keepdims=True)
     return (np.mod(np.degrees(np.arctan2(v[..., 1], v[..., 0])), 360.0),
             np.degrees(np.arcsin(np.clip(v[..., 2], -1, 1))))
+
+
+def healpix_index(ra, dec, level: int) -> np.ndarray:
+    """Nested HEALPix index (nside = 2**level) of each position; at level 12 it is Gaia's
+    ``source_id // 2**35``."""
+    import astropy.units as u
+    from astropy_healpix import HEALPix
+
+    return HEALPix(nside=2**level, order="nested").lonlat_to_healpix(
+        np.asarray(ra, float) * u.deg, np.asarray(dec, float) * u.deg)
 
 
 def centred_frame(ra: float, dec: float, name: str = "region frame") -> StreamFrame:
@@ -292,17 +303,18 @@ class PolygonRegion(Region):
     def area_deg2(self) -> float:
         return spherical_polygon_area(self.vertices_ra, self.vertices_dec)
 
+    @cached_property
     def _boundary_phi(self):
         bra, bdec = _densify(self.vertices_ra, self.vertices_dec)
         return bra, bdec, *icrs_to_frame(self.frame, bra, bdec)
 
     @property
     def phi1_range(self) -> tuple[float, float]:
-        _, _, p1, _ = self._boundary_phi()
+        _, _, p1, _ = self._boundary_phi
         return float(p1.min()), float(p1.max())
 
     def phi2_envelope(self, phi1):
-        bra, bdec, _, _ = self._boundary_phi()
+        bra, bdec, _, _ = self._boundary_phi
         return _boundary_envelope(self.frame, bra, bdec, phi1, pad=0.05)
 
     def to_dict(self) -> dict:
@@ -321,35 +333,30 @@ class HealpixRegion(Region):
 
     kind = "healpix"
 
-    def _hp(self):
-        from astropy_healpix import HEALPix
-
-        return HEALPix(nside=2**self.level, order="nested")
-
     def contains(self, ra, dec) -> np.ndarray:
-        import astropy.units as u
-
-        pix = self._hp().lonlat_to_healpix(np.asarray(ra, float) * u.deg,
-                                           np.asarray(dec, float) * u.deg)
-        return np.isin(pix, np.asarray(self.pixels, np.int64))
+        return np.isin(healpix_index(ra, dec, self.level), np.asarray(self.pixels, np.int64))
 
     @property
     def area_deg2(self) -> float:
         return len(self.pixels) * 41252.96124941928 / (12 * 4**self.level)
 
+    @cached_property
     def _boundary_phi(self):
-        lon, lat = self._hp().boundaries_lonlat(np.asarray(self.pixels, np.int64), step=16)
+        from astropy_healpix import HEALPix
+
+        lon, lat = HEALPix(nside=2**self.level, order="nested").boundaries_lonlat(
+            np.asarray(self.pixels, np.int64), step=16)
         bra, bdec = lon.to_value("deg").ravel(), lat.to_value("deg").ravel()
         return bra, bdec, *icrs_to_frame(self.frame, bra, bdec)
 
     @property
     def phi1_range(self) -> tuple[float, float]:
-        _, _, p1, _ = self._boundary_phi()
+        _, _, p1, _ = self._boundary_phi
         pad = 0.01
         return float(p1.min()) - pad, float(p1.max()) + pad
 
     def phi2_envelope(self, phi1):
-        bra, bdec, _, _ = self._boundary_phi()
+        bra, bdec, _, _ = self._boundary_phi
         return _boundary_envelope(self.frame, bra, bdec, phi1, pad=0.05)
 
     def to_dict(self) -> dict:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.frames import StreamFrame, frame_to_icrs, icrs_to_frame
+from .regions import healpix_index
 
 #: ICRS -> Galactic rotation (Hipparcos definition, as astropy's).
 GALACTIC = StreamFrame(((-0.0548755604162154, -0.8734370902348850, -0.4838350155487132),
@@ -77,19 +78,7 @@ _DIST = np.geomspace(0.02, 150.0, 160)  # kpc
 _MU = 5 * np.log10(_DIST * 100.0)        # distance modulus
 
 
-def _LF_AT_LIMIT(comp: Component, g_max: float) -> np.ndarray:  # noqa: N802
-    return _lf_cdf(comp, g_max - _MU)
-
-
 _CELL_LEVEL = 6
-
-
-def _cells(ra, dec) -> np.ndarray:
-    import astropy.units as u
-    from astropy_healpix import HEALPix
-
-    return HEALPix(nside=2**_CELL_LEVEL, order="nested").lonlat_to_healpix(
-        np.asarray(ra) * u.deg, np.asarray(dec) * u.deg)
 
 
 def _cell_centres_galactic(cells) -> tuple[np.ndarray, np.ndarray]:
@@ -106,14 +95,20 @@ def gaia_parallax_error(g: np.ndarray) -> np.ndarray:
     return np.sqrt(40.0 + 800.0 * z + 30.0 * z**2) / 1000.0 * 1.1
 
 
-def _lf_cdf(c: Component, m: np.ndarray) -> np.ndarray:
-    """Fraction of the component's stars with M_G < m."""
+def _lf_parts(c: Component, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of the component's stars that are dwarfs / giants with M_G < m."""
     lo, hi = c.lf_range
     a = c.lf_slope * np.log(10)
     mm = np.clip(m, lo, hi)
     dwarfs = (np.exp(a * mm) - np.exp(a * lo)) / (np.exp(a * hi) - np.exp(a * lo))
     giants = np.clip((m + 2.0) / 4.5, 0, 1)
-    return (1 - c.giant_fraction) * dwarfs + c.giant_fraction * giants
+    return (1 - c.giant_fraction) * dwarfs, c.giant_fraction * giants
+
+
+def _lf_cdf(c: Component, m: np.ndarray) -> np.ndarray:
+    """Fraction of the component's stars with M_G < m."""
+    dwarfs, giants = _lf_parts(c, m)
+    return dwarfs + giants
 
 
 def _draw_abs_mag(c: Component, m_max: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +116,7 @@ def _draw_abs_mag(c: Component, m_max: np.ndarray, rng) -> tuple[np.ndarray, np.
     lo, hi = c.lf_range
     a = c.lf_slope * np.log(10)
     n = len(m_max)
-    f_dw = (1 - c.giant_fraction) * _lf_cdf(Component(**{**c.__dict__, "giant_fraction": 0.0}),
-                                            m_max)
-    f_gi = c.giant_fraction * np.clip((m_max + 2.0) / 4.5, 0, 1)
+    f_dw, f_gi = _lf_parts(c, m_max)
     giant = rng.uniform(size=n) * (f_dw + f_gi) < f_gi
     top = np.clip(m_max, lo, hi)
     u = rng.uniform(size=n)
@@ -169,14 +162,14 @@ def draw_field(region, n: int, rng: np.random.Generator, g_max: float = 20.5,
         lr, br = np.radians(l_), np.radians(b_)
         # line-of-sight weights rho d^3 (log grid) x LF(<limit), per component, evaluated at
         # the centres of ~0.9 deg HEALPix cells (the model is smooth on that scale)
-        cell = _cells(ra, dec)
+        cell = healpix_index(ra, dec, _CELL_LEVEL)
         ucell, inv = np.unique(cell, return_inverse=True)
         cl, cb = _cell_centres_galactic(ucell)
         x = np.cos(cb)[:, None] * np.cos(cl)[:, None] * _DIST
         y = np.cos(cb)[:, None] * np.sin(cl)[:, None] * _DIST
         z = np.sin(cb)[:, None] * _DIST
         X, Y, Z = x - R_SUN_KPC, y, z + Z_SUN_KPC
-        w = np.stack([comp.density(X, Y, Z) * _DIST**3 * _LF_AT_LIMIT(comp, g_max)
+        w = np.stack([comp.density(X, Y, Z) * _DIST**3 * _lf_cdf(comp, g_max - _MU)
                       for comp in COMPONENTS])          # (3, cells, len(_DIST))
         tot = w.sum(axis=2)                              # (3, cells)
         sky = tot.sum(axis=0)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.frames import frame_to_icrs, icrs_to_frame
+from .regions import healpix_index
 from .registry import StreamInfo, get_stream
 
 
@@ -274,11 +275,7 @@ def synthetic_sky(region, n_background: int, injections=(), seed: int = 42,
     order = rng.permutation(n)
     cols = {k: v[order] for k, v in cols.items()}
     # Gaia-like ids: the level-12 HEALPix pixel in the top bits, unique below
-    import astropy.units as u
-    from astropy_healpix import HEALPix
-
-    pix = HEALPix(nside=2**12, order="nested").lonlat_to_healpix(cols["ra"] * u.deg,
-                                                                 cols["dec"] * u.deg)
+    pix = healpix_index(cols["ra"], cols["dec"], 12)
     low = rng.choice(2**35, size=n, replace=False) if n < 2**20 else \
         (np.arange(n, dtype=np.int64) * 7919 + rng.integers(0, 2**20)) % 2**35
     cols["source_id"] = pix.astype(np.int64) * 2**35 + low
