@@ -90,6 +90,12 @@ def diagram(log_dens, source_id, indices) -> Persistence:
     return persistence_from_edges(log_dens, source_id, src, dst)
 
 
+def field_pairs(pers: Persistence, n_stars: int) -> np.ndarray:
+    """Mask of the pairs whose dying component holds more than half the stars: the field
+    dying into a denser overdensity (at most one pair)."""
+    return np.asarray(pers.younger_size) * 2 > n_stars
+
+
 def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Key saddle of each essential class, its effective persistence, and how it was found.
@@ -122,7 +128,7 @@ def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
             elders, first = np.unique(pers.elder_peak[idx], return_index=True)
             key_of = dict(zip(elders.tolist(), pers.saddle[idx[first]].tolist(), strict=True))
             saddle = np.array([key_of.get(int(g), -1) for g in pers.essential], dtype=np.int64)
-        field = np.flatnonzero(np.asarray(pers.younger_size) * 2 > len(f))
+        field = np.flatnonzero(field_pairs(pers, len(f)))
         field_of = {int(pers.elder_peak[i]): int(pers.saddle[i]) for i in field}
         for j, g in enumerate(pers.essential.tolist()):
             if g in field_of:
@@ -144,15 +150,11 @@ def local_permutation(X: np.ndarray, cell, rng: np.random.Generator) -> np.ndarr
     c0 = np.floor(X[:, 0] / cell[0]).astype(np.int64)
     c1 = np.floor(X[:, 1] / cell[1]).astype(np.int64)
     key = (c0 - c0.min()) * (int(c1.max() - c1.min()) + 1) + (c1 - c1.min())
-    # stable sort by cell, shuffled within: sort on (cell, random)
-    order = np.lexsort((rng.uniform(size=n), key))
+    # both orders group the rows by cell, with the same group bounds: the i-th row of a cell
+    # (in index order) takes its kinematics from the i-th row of the same cell in random order
+    shuffled = np.lexsort((rng.uniform(size=n), key))
     perm = np.empty(n, np.int64)
-    sorted_key = key[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_key)) + 1]
-    ends = np.r_[starts[1:], n]
-    by_cell = np.argsort(key, kind="stable")
-    for a, b in zip(starts, ends, strict=True):
-        perm[by_cell[a:b]] = order[a:b]
+    perm[np.argsort(key, kind="stable")] = shuffled
     return perm
 
 
@@ -219,7 +221,7 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
     # A pair whose dying component holds most of the stars is the field itself, dying into a
     # denser overdensity that holds the global maximum (a stream can): that overdensity is
     # scored as an essential class at its key saddle, the field is not a candidate.
-    field = np.asarray(pers.younger_size) * 2 > len(f)
+    field = field_pairs(pers, len(f))
     n_tests = max(int(np.sum(~field)) + int(np.sum(ess_saddle >= 0)), 1)
     pair_sigma = job_sigma(null.log_survival(finite), n_tests) if len(finite) else np.empty(0)
     pair_sigma = np.where(field, 0.0, pair_sigma)
