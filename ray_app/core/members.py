@@ -7,8 +7,9 @@ spanning forest has the same superlevel connectivity as the kNN graph, the core 
 the forest (n-1 edges) rather than on all n*k kNN edges.
 
 For the essential class (the peak of a whole connected component, which never dies) the
-"death" used for membership and significance is its *key saddle*: the first merge with a
-component whose peak the background alone can reach (``recovery.essential_key_saddles``).
+"death" used for membership and significance is its *key saddle*: the saddle where the field
+dies into it, or else its first merge with a component whose peak the background alone can
+reach (``recovery.essential_key_saddles``).
 This makes a stream that holds the global density maximum (common: a stream is the densest
 thing in its field) a candidate like any other.
 """

@@ -10,9 +10,11 @@ default s = 5; measured rates are in benchmarks/RESULTS.md).
 How it is computed
 ------------------
 1. **Null catalogues.** The job's stars are copied with their kinematic features (proper
-   motions and parallax, jointly) permuted across stars while positions stay; this destroys any
-   stream (a stream is coherent in position *and* motion) and keeps both marginals, including
-   the real background's structure. Copies are subsampled to at most ``NULL_MAX_STARS`` stars,
+   motions and parallax, jointly) permuted among stars of the same position cell (10 deg in
+   the runner, ``recovery.local_permutation``) while positions stay; this destroys any stream
+   (a stream is coherent in position *and* motion) and keeps both marginals and the field's
+   large-scale kinematic gradients (the solar reflex changes across a long footprint).
+   Copies are subsampled to at most ``NULL_MAX_STARS`` stars,
    so the cost does not grow with the job (persistence in log-density units is scale free:
    its distribution does not depend on the star count).
 2. **Finite pairs.** The persistences of the null copies' finite pairs are fitted with an
@@ -21,15 +23,18 @@ How it is computed
    A job with ``n`` finite pairs tests ``n`` hypotheses: ``p = 1 - (1 - S)^n`` and
    ``sigma = Phi^-1(1 - p)``.
 3. **Essential classes.** The peak of a whole component never dies; it is scored with its key
-   saddle: the first merge with a component whose peak is no denser than the *background
-   ceiling* (the highest density the null copies reach), i.e. where it meets the background
-   rather than its own sub-lumps. Its effective persistence is compared with the null copies'
-   essential classes, scored the same way: ``S_ess(x) = exp(-(x - m) / lambda)`` beyond the
-   largest null value ``m`` (empirical fraction, floored at 1/(R+1), below it). One test per
-   component.
+   saddle (``recovery.essential_key_saddles``). If the field (a pair whose dying component
+   holds more than half the stars) dies into it, that saddle is the key saddle, the field pair
+   is not a candidate, and the essential class is tested like the finite pair it would have
+   been (one of the ``n`` tests). Otherwise the key saddle is the first merge with a component
+   whose peak is no denser than the *background ceiling* (the highest density the null copies
+   reach), i.e. where it meets the background rather than its own sub-lumps; its effective
+   persistence is compared with the null copies' essential classes, scored the same way:
+   ``S_ess(x) = exp(-(x - m) / lambda)`` beyond the largest null value ``m`` (empirical
+   fraction, floored at 1/(R+1), below it). One test per component.
 
 Validated by ``tests/test_significance.py`` (false candidates per stream-free catalogue) and
-``benchmarks/false_candidates.py``.
+``benchmarks/quality.py``.
 """
 
 from __future__ import annotations
