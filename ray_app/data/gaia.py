@@ -297,10 +297,8 @@ def is_transient(exc: BaseException) -> bool:
     """Whether an archive error may go away on a retry."""
     import http.client
 
-    if isinstance(exc, GaiaArchiveUnavailable | TimeoutError | ConnectionError
-                  | http.client.HTTPException):
-        return True
-    if isinstance(exc, OSError):  # socket errors (refused, reset, unreachable)
+    # OSError covers socket timeouts and connection errors (refused, reset, unreachable)
+    if isinstance(exc, GaiaArchiveUnavailable | OSError | http.client.HTTPException):
         return True
     return bool(_TRANSIENT_TEXT.search(str(exc)))
 

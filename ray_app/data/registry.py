@@ -168,9 +168,9 @@ class StreamInfo:
         nearest = float(d.min()) if len(d) else self.distance_kpc
         return QueryCuts(parallax_max=round(max(1.0, 2.0 / max(nearest, 1e-3)), 3))
 
-    def to_dict(self, with_track: bool = False) -> dict:
+    def to_dict(self) -> dict:
         lo, hi = self.phi1_range
-        out = {"key": self.key, "name": self.name, "frame": self.frame.to_dict(),
+        return {"key": self.key, "name": self.name, "frame": self.frame.to_dict(),
                "phi1_range_deg": [lo, hi], "length_deg": hi - lo,
                "distance_kpc": self.distance_kpc, "width_deg": self.width_deg,
                "width_pm_mas_yr": list(self.width_pm),
@@ -179,13 +179,6 @@ class StreamInfo:
                "default_cuts": self.default_cuts.to_dict(),
                "reference": self.reference, "aliases": list(self.aliases),
                "info_flags": self.info_flags}
-        if with_track:
-            t = self.track
-            out["track"] = {k: [None if not np.isfinite(x) else round(float(x), 4)
-                                for x in getattr(t, k)]
-                            for k in ("ra", "dec", "distance_kpc", "pmra", "pmdec", "rv")}
-            out["footprint"] = self.footprint.to_dict()
-        return out
 
 
 def _entry(key, name, track, pole, mid, dist, pm_mid, width, ref, aliases, frame=None,

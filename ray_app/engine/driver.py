@@ -33,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RecoverParams
+from ..config import GAIA_SOURCES, RecoverParams
 from ..io.status import COMPLETED, FAILED
 from ..jobspec import InvalidJob, JobSpec, parse_job
 from ..runner import run_recovery
@@ -240,10 +240,7 @@ class Driver:
 
     def _params(self, spec: JobSpec, out: Path) -> RecoverParams:
         input_path = None if spec.source == "synthetic" else spec.source
-        cache = None
-        if spec.source in ("gaia-dr3", "gaia"):
-            cache = self.results.cache_location() if hasattr(self.results,
-                                                             "cache_location") else None
+        cache = self.results.cache_location() if spec.source in GAIA_SOURCES else None
         return RecoverParams(stream_key=spec.stream_key, region=spec.region, cache=cache,
                              n_neighbors=spec.n_neighbors,
                              sigma_threshold=spec.sigma_threshold, input_path=input_path,
