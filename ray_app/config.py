@@ -125,9 +125,10 @@ class RecoverParams:
             self.scales = FeatureScales()
         self.gaia = self.input_path in GAIA_SOURCES
         if self.gaia:
+            from .io.results import LocalResultStore
             from .service import local_home
 
-            self.cache = self.cache or str(local_home() / "cache" / "gaia")
+            self.cache = self.cache or LocalResultStore(local_home()).cache_location()
             self.gaia_url = self.gaia_url or os.environ.get("RAY_APP_GAIA_URL",
                                                             DEFAULT_GAIA_URL)
         self.n_neighbors = validate_k(self.n_neighbors)
