@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ray_app.core.features import FeatureScales, stream_features
-from ray_app.core.recovery import recover
+from ray_app.core.recovery import null_shuffle_cell, recover
 from ray_app.core.significance import expected_false_candidates
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import shuffle_kinematics, synthetic_catalogue
@@ -51,7 +51,8 @@ def null_table(n_jobs: int, real: dict) -> None:
             cols = synthetic_catalogue(key, n_background=n, n_stream=0, seed=5000 + i)
             kind = "synthetic background"
         X, sid = features(cols, key)
-        r = recover(X, sid, 32, min(THRESHOLDS), seed=i)
+        r = recover(X, sid, 32, min(THRESHOLDS), seed=i,
+                    shuffle_cell=null_shuffle_cell(FeatureScales()))
         sig = np.concatenate([r.cands.pair_sigma, r.cands.essential_sigma])
         sig = sig[np.isfinite(sig)]
         maxima.append(sig.max())
@@ -89,7 +90,7 @@ def gd1_table(real: dict, members: set) -> None:
     print(f"{'scales':<22} | {'sigma':>6} | {'members':>7} | {'precision':>9} | {'recall':>6}")
     for name, scales in variants:
         X, sid = features(real, "gd-1", scales)
-        r = recover(X, sid, 32, 5.0, seed=42)
+        r = recover(X, sid, 32, 5.0, seed=42, shuffle_cell=null_shuffle_cell(scales))
         if not r.cands.candidates:
             print(f"{name:<22} | {'-':>6} | {0:>7} | {'-':>9} | {'-':>6}")
             continue

@@ -19,7 +19,13 @@ from .config import RecoverParams
 from .core.features import FEATURE_NAMES, finite_rows, stream_features
 from .core.knn import validate_k
 from .core.persistence import merge_forests
-from .core.recovery import calibrate_null, candidate_labels, candidates, summarize_members
+from .core.recovery import (
+    calibrate_null,
+    candidate_labels,
+    candidates,
+    null_shuffle_cell,
+    summarize_members,
+)
 from .core.significance import expected_false_candidates
 from .data.catalogue import (
     CatalogueError,
@@ -33,10 +39,6 @@ from .io import outputs
 from .io.plots import summary_plot
 
 ProgressFn = Callable[[int, str], None]
-
-#: Kinematics are shuffled within sky cells this size (degrees, in the job's frame) to build
-#: the null: the field's large-scale proper-motion gradients stay, streams do not.
-NULL_CELL_DEG = 10.0
 
 STAGES = {"load": 5, "clean": 10, "features": 15, "density": 60, "merge": 70,
           "candidates": 85, "write": 100}
@@ -185,8 +187,7 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
 
     t_null = time.perf_counter()
     null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
-                          shuffle_cell=(NULL_CELL_DEG / params.scales.phi1,
-                                        NULL_CELL_DEG / params.scales.phi2))
+                          shuffle_cell=null_shuffle_cell(params.scales))
     timings["calibration"] = time.perf_counter() - t_null
     cres = candidates(pers, f, params.sigma_threshold, null)
     labels = candidate_labels(len(sid), cres.candidates)

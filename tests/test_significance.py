@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ray_app.core.features import stream_features
-from ray_app.core.recovery import recover
+from ray_app.core.features import FeatureScales, stream_features
+from ray_app.core.recovery import null_shuffle_cell, recover
 from ray_app.core.significance import (
     DEFAULT_SIGMA_THRESHOLD,
     expected_false_candidates,
@@ -16,6 +16,10 @@ from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import shuffle_kinematics, synthetic_catalogue
 
 N_NULL_CATALOGUES = 24
+
+
+#: the null the runner uses for jobs with the default feature scales
+JOB_CELL = null_shuffle_cell(FeatureScales())
 
 
 def _features(cols, key="gd-1"):
@@ -39,7 +43,7 @@ def test_false_candidate_rate_on_stream_free_catalogues(gd1_field):
             key = ("gd-1", "palomar-5", "jhelum")[i % 3]
             cols = synthetic_catalogue(key, n_background=8000, n_stream=0, seed=1000 + i)
         X, sid = _features(cols, key)
-        r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD, seed=i)
+        r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD, seed=i, shuffle_cell=JOB_CELL)
         sig = np.concatenate([r.cands.pair_sigma, r.cands.essential_sigma])
         max_sigma.append(float(np.nanmax(sig)))
         false += len(r.cands.candidates)
@@ -57,7 +61,7 @@ def test_false_candidate_rate_on_stream_free_catalogues(gd1_field):
 def test_injected_stream_is_detected_with_members(key, seed):
     cols = synthetic_catalogue(key, n_background=15000, n_stream=400, seed=seed)
     X, sid = _features(cols, key)
-    r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD)
+    r = recover(X, sid, 32, DEFAULT_SIGMA_THRESHOLD, shuffle_cell=JOB_CELL)
     assert r.cands.candidates, "stream not detected"
     best = r.cands.candidates[0]
     truth = np.asarray(cols["is_stream"])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .features import FEATURE_NAMES
+from .features import FEATURE_NAMES, FeatureScales
 from .knn import knn_cpu, knn_xp, log_density
 from .members import core_members
 from .persistence import Persistence, knn_edges, persistence_from_edges
@@ -136,6 +136,16 @@ def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
                 via_field[j] = True
     eff = np.where(saddle >= 0, f[pers.essential] - f[np.maximum(saddle, 0)], np.nan)
     return saddle, eff, via_field
+
+
+#: Kinematics are shuffled within sky cells this size (degrees, in the job's frame) to build
+#: the null: the field's large-scale proper-motion gradients stay, streams do not.
+NULL_CELL_DEG = 10.0
+
+
+def null_shuffle_cell(scales: FeatureScales) -> tuple[float, float]:
+    """The null's shuffle cell (:data:`NULL_CELL_DEG` in phi1 and phi2) in feature units."""
+    return NULL_CELL_DEG / scales.phi1, NULL_CELL_DEG / scales.phi2
 
 
 def local_permutation(X: np.ndarray, cell, rng: np.random.Generator) -> np.ndarray:
@@ -276,10 +286,11 @@ class Recovery:
 
 
 def recover(X, source_id, k: int, sigma_threshold: float, backend: str = "cpu", xp=None,
-            seed: int = 0) -> Recovery:
-    """Single-machine reference recovery (no sharding)."""
+            seed: int = 0, shuffle_cell=None) -> Recovery:
+    """Single-machine reference recovery (no sharding); ``shuffle_cell`` as in
+    :func:`calibrate_null` (jobs use :func:`null_shuffle_cell` of their scales)."""
     d = density(X, source_id, k, backend=backend, xp=xp)
     p = diagram(d.log_density, source_id, d.indices)
-    null = calibrate_null(X, source_id, k, seed=seed)
+    null = calibrate_null(X, source_id, k, seed=seed, shuffle_cell=shuffle_cell)
     c = candidates(p, d.log_density, sigma_threshold, null)
     return Recovery(d, p, c)
