@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ray_app.core.backend import detect_backend
+from ray_app.core.backend import Backend, detect_backend
 from ray_app.core.features import stream_features
 from ray_app.core.persistence import merge_forests
 from ray_app.core.recovery import calibrate_null, candidates, density, diagram
@@ -18,6 +18,8 @@ from ray_app.engine.orchestrate import (
 )
 
 CPU = detect_backend("cpu")
+#: the GPU actors' code path (cell-grid kNN) run by its NumPy twin
+GRID = Backend("cpu", "grid", "the cell-grid kNN's NumPy twin")
 
 
 def _outputs(X, sid, k, sharded):
@@ -69,6 +71,17 @@ def test_shard_counts_give_identical_results(synthetic, n_shards, axis):
     _assert_same(_outputs(X, sid, 16, sharded), ref)
 
 
+@pytest.mark.parametrize("n_shards", [1, 3, 8])
+def test_grid_knn_shards_give_identical_results(synthetic, n_shards):
+    """The GPU path's kNN (its NumPy twin here) in every shard: the same outputs as the
+    single-shard cKDTree run."""
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    sharded = sharded_density_and_forests(X, sid, 16, InProcessExecutor(GRID), n_shards)
+    assert sharded.backend["knn"] == "grid"
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+
+
 @pytest.mark.parametrize("n_shards", [2, 3, 5, 8])
 def test_real_gd1_field_sharded(gd1_field, n_shards):
     t, _ = gd1_field
@@ -78,7 +91,8 @@ def test_real_gd1_field_sharded(gd1_field, n_shards):
     sid = t["source_id"].to_numpy()
     ref = _reference(X, sid, 32)
     assert ref["cands"], "GD-1 should be a candidate at sigma 4"
-    sharded = sharded_density_and_forests(X, sid, 32, InProcessExecutor(CPU), n_shards)
+    backend = GRID if n_shards == 3 else CPU
+    sharded = sharded_density_and_forests(X, sid, 32, InProcessExecutor(backend), n_shards)
     _assert_same(_outputs(X, sid, 32, sharded), ref)
 
 
@@ -140,6 +154,31 @@ def test_job_larger_than_actor_memory_is_split(synthetic):
     sharded = engine.density_and_forests(X, sid, 16)
     assert sharded.shards > 1
     _assert_same(_outputs(X, sid, 16, sharded), ref)
+
+
+def test_gpu_memory_raises_the_shard_count():
+    """A shard must fit the GPU's free memory as well as the host budget."""
+    from ray_app.core.grid_knn import grid_device_bytes
+
+    n, k, host = 200_000_000, 32, 2**50  # host memory no limit: only the GPU decides
+    assert choose_shard_count(n, k, host) == 1
+    t4 = 15 * 2**30
+    on_t4 = choose_shard_count(n, k, host, device_memory=t4)
+    on_h100 = choose_shard_count(n, k, host, device_memory=78 * 2**30)
+    assert on_t4 > on_h100 >= 1
+    # each planned shard (with its ~25 % halo) fits what the device has
+    assert grid_device_bytes(1.25 * n / on_t4, k) <= 0.8 * t4
+    assert choose_shard_count(n, k, host, requested=40, device_memory=t4) == max(40, on_t4)
+    with pytest.raises(ValueError, match="device memory 1000000 bytes is too small"):
+        choose_shard_count(1000, k, host, device_memory=10**6)
+
+
+def test_memory_plan_is_reported(synthetic):
+    X, sid = synthetic
+    sharded = InProcessEngine(prefer_backend="cpu").density_and_forests(X, sid, 16)
+    plan = sharded.memory_plan
+    assert plan["device_bytes_per_actor"] is None and plan["device_memory_source"] == "none (cpu)"
+    assert plan["host_bytes_per_actor"] > 0
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.5, "3", True])

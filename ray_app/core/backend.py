@@ -24,8 +24,9 @@ class Backend:
     Attributes
     ----------
     name : {"cpu", "cupy"}
-    knn : {"cpu", "xp"}
-        Which kNN implementation to call (:func:`ray_app.core.recovery.density`).
+    knn : {"cpu", "grid", "xp"}
+        Which kNN implementation to call (:func:`ray_app.core.recovery.density`): the GPU
+        uses the cell grid (``grid``), the CPU scipy's cKDTree.
     reason : str
         Why it was chosen (logged and written to metadata.json).
     """
@@ -40,6 +41,18 @@ class Backend:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "knn": self.knn, "reason": self.reason}
+
+    def device_memory(self) -> tuple[int, int] | None:
+        """(free, total) bytes of this process's GPU, or ``None`` on the CPU.
+
+        *Free* counts the blocks CuPy's memory pool holds for reuse: an idle actor's pool is
+        free for its next shard, though ``cudaMemGetInfo`` reports it as used.
+        """
+        if self.name != "cupy":
+            return None
+        free, total = _cupy.cuda.runtime.memGetInfo()
+        pool = _cupy.get_default_memory_pool()
+        return int(free + pool.free_bytes()), int(total)
 
 
 def detect_backend(prefer: str = "auto") -> Backend:
@@ -66,4 +79,4 @@ def detect_backend(prefer: str = "auto") -> Backend:
         if prefer == "cupy":
             raise RuntimeError(f"backend 'cupy' requested but CUDA is unusable: {exc}") from exc
         return Backend("cpu", "cpu", f"cupy present but unusable: {type(exc).__name__}")
-    return Backend("cupy", "xp", "cupy allocation succeeded")
+    return Backend("cupy", "grid", "cupy allocation succeeded")

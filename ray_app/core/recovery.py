@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .features import FEATURE_NAMES, FeatureScales
+from .grid_knn import knn_grid
 from .knn import knn_cpu, knn_xp, log_density
 from .members import core_members
 from .persistence import Persistence, knn_edges, persistence_from_edges
@@ -66,8 +67,9 @@ def density(X, source_id, k: int, n_total: int | None = None, query_rows=None,
 
     Parameters
     ----------
-    backend : {"cpu", "xp"}
-        ``cpu``: cKDTree; ``xp``: tiled brute force on the array module ``xp``.
+    backend : {"cpu", "grid", "xp"}
+        ``cpu``: cKDTree; ``grid``: multi-level cell grid on the array module ``xp`` (the GPU
+        path); ``xp``: tiled brute force on ``xp``. All three give identical results.
     n_total : int, optional
         Global star count for the density normalisation (default: ``len(X)``).
     workers : int
@@ -76,10 +78,12 @@ def density(X, source_id, k: int, n_total: int | None = None, query_rows=None,
     n_total = len(X) if n_total is None else n_total
     if backend == "cpu":
         res = knn_cpu(X, source_id, k, query_rows=query_rows, workers=workers)
+    elif backend == "grid":
+        res = knn_grid(X, source_id, k, query_rows=query_rows, xp=np if xp is None else xp)
     elif backend == "xp":
         res = knn_xp(X, source_id, k, query_rows=query_rows, xp=np if xp is None else xp)
     else:
-        raise ValueError(f"backend must be 'cpu' or 'xp', got {backend!r}")
+        raise ValueError(f"backend must be 'cpu', 'grid' or 'xp', got {backend!r}")
     f = log_density(res.kth_distance, k, n_total, X.shape[1])
     return DensityResult(res.indices, res.kth_distance, np.asarray(f), res.requeried)
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .grid_knn import grid_device_bytes
+
 #: Relative margin for the halo check: a float64 distance may undercut its phi1 component by
 #: an ulp, so "strictly inside" keeps a little room.
 HALO_MARGIN = 1e-9
@@ -67,16 +69,26 @@ def shard_bytes_per_star(k: int, d: int = 5) -> int:
     return 8 * (d + 4 + 3 * (k + 2)) + 64
 
 
+#: Share of an actor's free GPU memory a shard may plan to use (allocator fragmentation).
+DEVICE_USABLE_FRACTION = 0.8
+
+
 def choose_shard_count(n_stars: int, k: int, memory_per_actor: int,
-                       requested: int | None = None) -> int:
+                       requested: int | None = None, device_memory: int | None = None,
+                       d: int = 5) -> int:
     """Number of shards: the requested count, raised until one shard fits in memory.
 
     Parameters
     ----------
     memory_per_actor : int
-        Bytes one actor may use for a shard.
+        Host bytes one actor may use for a shard.
     requested : int, optional
         Shards asked for by the job (``"shards"`` / ``--shards``), >= 1.
+    device_memory : int, optional
+        GPU bytes free to one actor (its device's free memory, or its share of it); ``None``
+        when the actors compute on CPUs.
+    d : int
+        Feature dimension.
     """
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)
                                   or requested < 1):
@@ -84,7 +96,16 @@ def choose_shard_count(n_stars: int, k: int, memory_per_actor: int,
     if memory_per_actor <= 0:
         raise ValueError(f"memory_per_actor must be > 0 bytes, got {memory_per_actor}")
     # halos add ~25 % to each shard's reference set
-    need = math.ceil(1.25 * n_stars * shard_bytes_per_star(k) / memory_per_actor)
+    need = math.ceil(1.25 * n_stars * shard_bytes_per_star(k, d) / memory_per_actor)
+    if device_memory is not None:
+        fixed = grid_device_bytes(0, k, d)
+        usable = DEVICE_USABLE_FRACTION * device_memory - fixed
+        if usable <= 0:
+            raise ValueError(f"device memory {device_memory} bytes is too small for a shard: "
+                             f"the kNN needs more than {fixed / DEVICE_USABLE_FRACTION:.0f} "
+                             f"bytes at nNeighbors={k}")
+        per_star = grid_device_bytes(1, k, d) - fixed
+        need = max(need, math.ceil(1.25 * n_stars * per_star / usable))
     return max(requested or 1, need, 1)
 
 

@@ -35,7 +35,8 @@ class DensityActor:
                     os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def info(self) -> dict:
-        return {**self.backend.to_dict(), "actor": self.name, "node_id": self.node_id}
+        return {**self.backend.to_dict(), "actor": self.name, "node_id": self.node_id,
+                "device_memory": self.backend.device_memory()}
 
     def density(self, X, sid, task: DensityTask) -> dict:
         out = self.worker.density(X, sid, task)

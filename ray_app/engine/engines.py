@@ -22,6 +22,10 @@ from .orchestrate import InProcessExecutor, ShardedDensity, sharded_density_and_
 #: Default memory one actor may use for a shard (bytes); ``RAY_APP_MEMORY_PER_ACTOR`` overrides.
 DEFAULT_MEMORY_PER_ACTOR = 4 * 2**30
 
+#: GPU memory assumed for an actor before any GPU actor has reported its own (bytes): a T4
+#: (g4dn) has 15 GiB usable. ``RAY_APP_DEVICE_MEMORY`` overrides.
+DEFAULT_DEVICE_MEMORY = 15 * 2**30
+
 __all__ = ["InProcessEngine", "RayEngine", "ShardedDensity", "default_engine"]
 
 
@@ -29,6 +33,15 @@ def _memory_per_actor(value: int | None) -> int:
     if value is not None:
         return int(value)
     return int(os.environ.get("RAY_APP_MEMORY_PER_ACTOR", DEFAULT_MEMORY_PER_ACTOR))
+
+
+def plan_shard_count(n_stars: int, k: int, d: int, host_bytes: int, requested: int | None,
+                     device: int | None, device_source: str) -> tuple[int, dict]:
+    """Shard count from the host budget and the GPU memory, and the plan for metadata.json."""
+    n_shards = choose_shard_count(n_stars, k, host_bytes, requested, device_memory=device, d=d)
+    plan = {"requested_shards": requested, "host_bytes_per_actor": host_bytes,
+            "device_bytes_per_actor": device, "device_memory_source": device_source}
+    return n_shards, plan
 
 
 class InProcessEngine:
@@ -42,9 +55,14 @@ class InProcessEngine:
 
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
                             progress=None) -> ShardedDensity:
-        n_shards = choose_shard_count(len(X), k, self.memory_per_actor, shards)
-        return sharded_density_and_forests(X, source_id, k, InProcessExecutor(self.backend),
-                                           n_shards, progress=progress)
+        mem = self.backend.device_memory()
+        n_shards, plan = plan_shard_count(len(X), k, X.shape[1], self.memory_per_actor, shards,
+                                          None if mem is None else mem[0],
+                                          "none (cpu)" if mem is None else "this process")
+        out = sharded_density_and_forests(X, source_id, k, InProcessExecutor(self.backend),
+                                          n_shards, progress=progress)
+        out.memory_plan = plan
+        return out
 
     def close(self) -> None:
         pass
@@ -125,12 +143,26 @@ class RayEngine:
                                 prefer_backend=prefer_backend, idle_release_s=idle_release_s,
                                 min_actors=min_actors)
 
+    def device_memory(self) -> tuple[int | None, str]:
+        """GPU bytes to plan one actor's shard with, and where the figure comes from."""
+        reported = self.pool.device_memory()
+        if reported is not None:
+            return reported, "reported by the actors"
+        if self.pool.num_gpus <= 0:
+            return None, "none (cpu actors)"
+        default = int(os.environ.get("RAY_APP_DEVICE_MEMORY", DEFAULT_DEVICE_MEMORY))
+        return int(default * min(1.0, self.pool.num_gpus)), "RAY_APP_DEVICE_MEMORY default"
+
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
                             progress=None) -> ShardedDensity:
-        n_shards = choose_shard_count(len(X), k, self.memory_per_actor, shards)
+        device, source = self.device_memory()
+        n_shards, plan = plan_shard_count(len(X), k, X.shape[1], self.memory_per_actor, shards,
+                                          device, source)
         executor = _PoolExecutor(self.pool, uuid.uuid4().hex[:12])
-        return sharded_density_and_forests(X, source_id, k, executor, n_shards,
-                                           progress=progress)
+        out = sharded_density_and_forests(X, source_id, k, executor, n_shards,
+                                          progress=progress)
+        out.memory_plan = plan
+        return out
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -59,6 +59,7 @@ class ShardedDensity:
     axis: int = 0
     placement: list[str] = field(default_factory=list)
     actors: list[str] = field(default_factory=list)
+    memory_plan: dict = field(default_factory=dict)
 
 
 class ShardWorker:
@@ -83,7 +84,8 @@ class ShardWorker:
         self._pending[task.key] = (task.ref, sid_ref, task.owned_local, d.indices)
         return {"log_density": d.log_density, "kth_distance": d.kth_distance,
                 "requeried": d.requeried, "seconds": time.perf_counter() - t0,
-                "backend": self.backend.to_dict(), "node_id": "local"}
+                "backend": self.backend.to_dict(), "node_id": "local",
+                "device_memory": self.backend.device_memory()}
 
     def forest(self, key: str, log_density, exclude=None) -> tuple[np.ndarray, np.ndarray,
                                                                     float]:

@@ -46,6 +46,7 @@ class _Slot:
     keys: set = field(default_factory=set)  # shard states it holds
     busy: _Task | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    device_memory: tuple[int, int] | None = None  # (free, total) GPU bytes, last reported
 
 
 class DensityPool:
@@ -111,6 +112,17 @@ class DensityPool:
     def size(self) -> int:
         with self._lock:
             return len(self._slots)
+
+    def device_memory(self) -> int | None:
+        """GPU bytes one actor may plan a shard with: the smallest free memory its live actors
+        reported after their last shard (capped by their share of a fractional GPU); ``None``
+        until a GPU actor has reported."""
+        with self._lock:
+            seen = [s.device_memory for s in self._slots.values() if s.device_memory]
+        if not seen:
+            return None
+        share = min(1.0, self.num_gpus) if self.num_gpus > 0 else 1.0
+        return int(min(min(free, share * total) for free, total in seen))
 
     def backlog(self) -> int:
         with self._lock:
@@ -194,6 +206,7 @@ class DensityPool:
             if task.method == "density":
                 slot.keys.add(task.key)
                 self._key_slot[task.key] = slot.slot
+                slot.device_memory = result.get("device_memory")
             elif task.method in ("forest", "drop"):
                 slot.keys.discard(task.key)
                 self._key_slot.pop(task.key, None)
