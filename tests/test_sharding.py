@@ -185,3 +185,16 @@ def test_memory_plan_is_reported(synthetic):
 def test_bad_shard_count(bad):
     with pytest.raises(ValueError, match="shards"):
         choose_shard_count(1000, 8, 2**30, bad)
+
+
+def test_cpu_grid_knn_is_selectable(synthetic, monkeypatch):
+    """RAY_APP_CPU_KNN=grid runs the cell grid's twin on CPU actors: same outputs."""
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    monkeypatch.setenv("RAY_APP_CPU_KNN", "grid")
+    sharded = InProcessEngine(prefer_backend="cpu").density_and_forests(X, sid, 16, shards=2)
+    assert sharded.backend["knn"] == "grid"
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
+    monkeypatch.setenv("RAY_APP_CPU_KNN", "kdtree")
+    with pytest.raises(ValueError, match="RAY_APP_CPU_KNN.*'cpu' or 'grid', got 'kdtree'"):
+        InProcessEngine(prefer_backend="cpu")

@@ -79,11 +79,12 @@ def grid_device_bytes(n_ref: int, k: int, d: int = 5) -> int:
     """Peak device memory of :func:`knn_grid` for ``n_ref`` reference stars (an estimate).
 
     Per star: float64 and float32 features, one level's sorted float32 copy and int32 cell
-    coordinates, and ~7 int64 arrays (keys, order, counts, cell starts, scan temporaries).
+    coordinates, ~7 int64 arrays (keys, order, counts, cell starts, scan temporaries), the
+    results (k int64 neighbours and the k-th distance) and the per-query bookkeeping.
     Fixed: one batch of ``(DEFAULT_BATCH_ROWS, k + 2)`` candidates and the ~8 float64/int64
     arrays of its re-rank, plus the brute-force fallback's 256 MiB tile.
     """
-    per_star = 8 * d + 4 * d + 4 * d + 4 * d + 8 * 7
+    per_star = 8 * d + 4 * d + 4 * d + 4 * d + 8 * 7 + 8 * (k + 1) + 26
     fixed = DEFAULT_BATCH_ROWS * (k + 2) * 8 * 8 + 256 * 2**20
     return int(n_ref) * per_star + fixed
 
@@ -496,69 +497,69 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     Xd = xp.asarray(X_np)
     X32 = (Xd - xp.asarray(center)).astype(xp.float32)
     sid_d = xp.asarray(sid_np)
+    # the bookkeeping stays on the array module's device: one transfer of the results at the end
     n_q = len(query_np)
-    indices = np.empty((n_q, k), dtype=np.int64)
-    kth = np.empty(n_q)
-    started = np.zeros(n_q, dtype=bool)
-    m_of = np.full(n_q, min(k + 2, n_ref), dtype=np.int64)
-    open_rows = np.ones(n_q, dtype=bool)
+    query_d = xp.asarray(query_np)
+    indices = xp.empty((n_q, k), dtype=xp.int64)
+    kth = xp.empty(n_q, dtype=xp.float64)
+    started = xp.zeros(n_q, dtype=bool)
+    m_of = xp.full(n_q, min(k + 2, n_ref), dtype=xp.int64)
+    open_rows = xp.ones(n_q, dtype=bool)
     needed = start_count(k, d)
+    m_cap = min(MAX_GRID_CANDIDATES, n_ref)
     requeried = 0
 
-    while open_rows.any():
+    def finish_brute(todo):
+        """Rows ``todo`` (positions in the query list) by the tiled brute force."""
+        if not todo.size:
+            return
+        brute = knn_xp(X_np, sid_np, k, query_rows=query_np[_to_numpy(todo)], xp=xp)
+        indices[todo] = xp.asarray(brute.indices)
+        kth[todo] = xp.asarray(brute.kth_distance)
+        open_rows[todo] = False
+        stats.brute_rows += int(todo.size)
+
+    while bool(open_rows.any()):
         level = build_level(Xd, X32, origin, extent, h, xp=xp)
         h *= GRID_LEVEL_RATIO
         if level is None:  # too fine to key: no query can start here
             continue
         stats.levels += 1
         last_level = level.covers_everything
-        count = _to_numpy(level.count)[query_np]
-        started |= open_rows & ((count >= needed) | last_level)
-        here = np.flatnonzero(open_rows & started)
-        if not len(here):
+        started |= open_rows & ((level.count[query_d] >= needed) | last_level)
+        here = xp.flatnonzero(open_rows & started)
+        if not here.size:
             continue
         # cell-coherent order: neighbouring threads read the same cells
-        cell_rank = np.empty(n_ref, dtype=np.int64)
-        cell_rank[_to_numpy(level.order)] = np.arange(n_ref)
-        here = here[np.argsort(cell_rank[query_np[here]], kind="stable")]
-        while len(here):
+        rank = xp.empty(n_ref, dtype=xp.int64)
+        rank[level.order] = xp.arange(n_ref)
+        here = here[xp.argsort(rank[query_d[here]])]
+        while here.size:
             failed_m = []
             failed_block = []
-            for m in np.unique(m_of[here]):
+            for m in _to_numpy(xp.unique(m_of[here])).tolist():
                 group = here[m_of[here] == m]
-                for b0 in range(0, len(group), batch_rows):
+                for b0 in range(0, int(group.size), batch_rows):
                     part = group[b0:b0 + batch_rows]
-                    ok, m_limited = _search(level, Xd, X32, sid_d, query_np[part], int(m), k,
+                    ok, m_limited = _search(level, Xd, X32, sid_d, query_d[part], int(m), k,
                                             origin, center, margin, xp, indices, kth, part,
                                             stats)
                     open_rows[part[ok]] = False
                     failed_m.append(part[~ok & m_limited])
                     failed_block.append(part[~ok & ~m_limited])
-            failed_m = np.concatenate(failed_m)
-            failed_block = np.concatenate(failed_block)
-            requeried += len(failed_m) + len(failed_block)
+            failed_m = xp.concatenate(failed_m)
+            failed_block = xp.concatenate(failed_block)
+            requeried += int(failed_m.size + failed_block.size)
             m_of[failed_m] *= 2
-            fits = m_of[failed_m] <= min(MAX_GRID_CANDIDATES, n_ref)
-            # the last block holds every star, so a row failing there is not a grid's matter
-            to_brute = np.concatenate([failed_m[~fits], failed_block if last_level else []])
-            _finish_brute(X_np, sid_np, k, query_np, to_brute.astype(np.int64), xp, indices,
-                          kth, open_rows, stats)
+            fits = m_of[failed_m] <= m_cap
+            finish_brute(failed_m[~fits])
+            if last_level:  # its block holds every star: a failure there is not the grid's
+                finish_brute(failed_block)
             here = failed_m[fits]
-        if open_rows.sum() <= BRUTE_FINISH_ROWS:
-            _finish_brute(X_np, sid_np, k, query_np, np.flatnonzero(open_rows), xp, indices,
-                          kth, open_rows, stats)
-    return KnnResult(indices=indices, kth_distance=kth, requeried=requeried)
-
-
-def _finish_brute(X_np, sid_np, k, query_np, todo, xp, indices, kth, open_rows, stats):
-    """Finish rows ``todo`` (positions in the query list) with the tiled brute force."""
-    if not len(todo):
-        return
-    brute = knn_xp(X_np, sid_np, k, query_rows=query_np[todo], xp=xp)
-    indices[todo] = brute.indices
-    kth[todo] = brute.kth_distance
-    open_rows[todo] = False
-    stats.brute_rows += len(todo)
+        if int(open_rows.sum()) <= BRUTE_FINISH_ROWS:
+            finish_brute(xp.flatnonzero(open_rows))
+    return KnnResult(indices=_to_numpy(indices), kth_distance=_to_numpy(kth),
+                     requeried=requeried)
 
 
 def float32_error_bound(Xd, rows, center: np.ndarray, h: float, xp=np):
@@ -574,15 +575,15 @@ def float32_error_bound(Xd, rows, center: np.ndarray, h: float, xp=np):
     return 8.0 * float(np.finfo(np.float32).eps) * local * math.sqrt(d) + 1e-30
 
 
-def _search(level, Xd, X32, sid_d, rows_np, m, k, origin, center, margin, xp, indices, kth,
+def _search(level, Xd, X32, sid_d, rows, m, k, origin, center, margin, xp, indices, kth,
             out, stats) -> tuple[np.ndarray, np.ndarray]:
     """Candidates + exact re-rank for one batch of query rows at one level.
 
-    Writes accepted rows into ``indices``/``kth`` at positions ``out``; returns (ok,
-    m_limited): whether each row is final, and whether a failure is due to ``m`` (the block
-    holds more stars than were kept) rather than to the block's size.
+    ``rows`` are reference rows of the queries; accepted rows are written into ``indices`` /
+    ``kth`` at positions ``out`` (all arrays of ``xp``). Returns (ok, m_limited): whether each
+    row is final, and whether a failure is due to ``m`` (the block holds more stars than were
+    kept) rather than to the block's size.
     """
-    rows = xp.asarray(rows_np)
     lo_gap, hi_gap, bound = query_gaps(Xd, rows, level, origin, margin, xp=xp)
     err = float32_error_bound(Xd, rows, center, level.h, xp=xp)
     # float32 gaps rounded down so the kernel's row pruning never skips a closer star
@@ -593,18 +594,16 @@ def _search(level, Xd, X32, sid_d, rows_np, m, k, origin, center, margin, xp, in
     cand, d2_m, scanned = grid_candidates(level, X32[rows], level.cell[rows], lo32, hi32, m,
                                           xp=xp)
     stats.scanned += int(scanned.sum())
-    stats.searches += len(rows_np)
+    stats.searches += int(rows.size)
     kept_reach = xp.sqrt(d2_m.astype(xp.float64)) - 2 * err
     reach = xp.minimum(bound, kept_reach)
-    if xp is np:
-        sub_idx = np.empty((len(rows_np), k), dtype=np.int64)
-        sub_kth = np.empty(len(rows_np))
-        ok = np.zeros(len(rows_np), dtype=bool)
-        _rerank_rows(Xd, sid_d, rows_np, cand, reach, k, sub_idx, sub_kth, ok)
+    if xp is np:  # the compiled twin of rerank (same formula, same order)
+        sub_idx = np.empty((len(rows), k), dtype=np.int64)
+        sub_kth = np.empty(len(rows))
+        ok = np.zeros(len(rows), dtype=bool)
+        _rerank_rows(Xd, sid_d, rows, cand, reach, k, sub_idx, sub_kth, ok)
     else:
         sub_idx, sub_kth, ok = rerank(Xd, sid_d, rows, cand, reach, k, xp=xp)
-        sub_idx, sub_kth, ok = _to_numpy(sub_idx), _to_numpy(sub_kth), _to_numpy(ok)
     indices[out[ok]] = sub_idx[ok]
     kth[out[ok]] = sub_kth[ok]
-    m_limited = _to_numpy(kept_reach < bound)
-    return ok, m_limited
+    return ok, kept_reach < bound

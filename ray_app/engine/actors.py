@@ -25,7 +25,7 @@ class DensityActor:
     """Computes kNN + density, then spanning forests, for shards of any job."""
 
     def __init__(self, prefer_backend: str = "auto"):
-        self.backend = detect_backend(prefer_backend)
+        self.backend = detect_backend(prefer_backend, os.environ.get("RAY_APP_CPU_KNN", "cpu"))
         self.worker = ShardWorker(self.backend)
         ctx = ray.get_runtime_context()
         self.name = ctx.get_actor_name()

@@ -50,7 +50,7 @@ class InProcessEngine:
     name = "in-process"
 
     def __init__(self, prefer_backend: str = "auto", memory_per_actor: int | None = None):
-        self.backend = detect_backend(prefer_backend)
+        self.backend = detect_backend(prefer_backend, os.environ.get("RAY_APP_CPU_KNN", "cpu"))
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
 
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
