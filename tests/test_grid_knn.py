@@ -1,7 +1,9 @@
 """The cell-grid kNN (the GPU path) equals the brute-force reference and cKDTree, bit for bit.
 
-The NumPy twin of the CUDA kernel runs here; the kernel itself runs in the ``gpu`` test at the
-end (one test body, both array modules) and is compiled with NVRTC where CuPy is installed.
+The NumPy twin of the CUDA kernel runs here, and so does the kernel's own CUDA source,
+compiled for the host with g++ (tests/kernel_host.py) and compared call by call with the twin.
+On a GPU the kernel runs in the ``gpu`` test at the end (one test body, both array modules);
+where CuPy is installed it is also compiled with NVRTC for the T4 and the H100.
 """
 
 import numpy as np
@@ -118,6 +120,42 @@ def test_levels_sort_stars_by_cell(rng):
     assert start_count(32, 5) == 10 and start_count(1, 1) == 2
     # keys that would not fit an int64 make the level unbuildable, not wrong
     assert build_level(X, X.astype(np.float32), origin, extent * 1e30, 1e-30) is None
+
+
+@pytest.fixture(scope="module")
+def host_kernel(tmp_path_factory):
+    from tests.kernel_host import HostKernel, have_compiler
+
+    if not have_compiler():
+        pytest.skip("g++ not found: cannot run the CUDA source on the host")
+    return HostKernel(tmp_path_factory.mktemp("grid_kernel"))
+
+
+@pytest.mark.parametrize("d,k", [(5, 32), (3, 4), (1, 2), (5, 1)])
+def test_cuda_source_equals_its_twin_and_is_exact(rng, monkeypatch, host_kernel, d, k):
+    """The kernel's own CUDA text (compiled for the host, see tests/kernel_host.py) returns
+    the twin's candidates bit for bit on every call of a whole search, and the search run on
+    it is exact."""
+    twin = grid_knn._grid_candidates_cpu
+    compared = []
+
+    def both(xs, order, ukeys, cstart, q, qcell, lo, hi, ncell, stride, m, idx, d2, scanned):
+        twin(xs, order, ukeys, cstart, q, qcell, lo, hi, ncell, stride, m, idx, d2, scanned)
+        idx_k, d2_k, sc_k = np.empty_like(idx), np.empty_like(d2), np.empty_like(scanned)
+        host_kernel(xs, order, ukeys, cstart, q, qcell, lo, hi, ncell, stride, m, idx_k, d2_k,
+                    sc_k)
+        assert np.array_equal(idx_k, idx) and np.array_equal(d2_k, d2)
+        assert np.array_equal(sc_k, scanned)
+        compared.append(len(q))
+
+    monkeypatch.setattr(grid_knn, "_grid_candidates_cpu", both)
+    X, sid = _sky(rng, 3000, d=d, dup=4)
+    X[:40] = X[0]  # a stack: m doubles
+    res = knn_grid(X, sid, k, batch_rows=1001)
+    cpu = knn_cpu(X, sid, k)
+    assert np.array_equal(res.indices, cpu.indices)
+    assert np.array_equal(res.kth_distance, cpu.kth_distance)
+    assert sum(compared) >= len(X)
 
 
 def test_kernel_compiles_with_nvrtc():

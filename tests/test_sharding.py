@@ -198,3 +198,15 @@ def test_cpu_grid_knn_is_selectable(synthetic, monkeypatch):
     monkeypatch.setenv("RAY_APP_CPU_KNN", "kdtree")
     with pytest.raises(ValueError, match="RAY_APP_CPU_KNN.*'cpu' or 'grid', got 'kdtree'"):
         InProcessEngine(prefer_backend="cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_engine_plans_shards_with_the_device_memory(synthetic):
+    """On a GPU: the cell-grid kernel in every shard, the plan from cudaMemGetInfo."""
+    X, sid = synthetic
+    ref = _reference(X, sid, 16)
+    sharded = InProcessEngine(prefer_backend="cupy").density_and_forests(X, sid, 16, shards=3)
+    assert sharded.backend["name"] == "cupy" and sharded.backend["knn"] == "grid"
+    assert sharded.memory_plan["device_memory_source"] == "this process"
+    assert sharded.memory_plan["device_bytes_per_actor"] > 2**30
+    _assert_same(_outputs(X, sid, 16, sharded), ref)
