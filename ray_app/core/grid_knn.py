@@ -475,17 +475,20 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
         return knn_xp(X_np, sid_np, k, query_rows=query_np, xp=xp)
     batch_rows = batch_rows or DEFAULT_BATCH_ROWS
 
-    origin = X_np.min(axis=0)
-    extent = X_np.max(axis=0) - origin
-    scale = float(np.max(np.abs(X_np))) if X_np.size else 0.0
-    # float32 features relative to the median: rounding errors then scale with each star's
-    # own distance from the bulk, not with the farthest outlier (see _search)
-    center = np.median(X_np, axis=0)
+    Xd = xp.asarray(X_np)
+    origin = _to_numpy(Xd.min(axis=0))
+    extent = _to_numpy(Xd.max(axis=0)) - origin
+    scale = float(np.max(np.maximum(np.abs(origin), np.abs(origin + extent))))
+    rng = np.random.default_rng(seed)
+    # float32 features relative to the median (of a sample: any centre is correct): rounding
+    # errors then scale with each star's own distance from the bulk, not with the farthest
+    # outlier (see float32_error_bound)
+    center = np.median(X_np[rng.choice(n_ref, size=min(n_ref, 65536), replace=False)], axis=0)
     # the cell assignment floor((x - origin) / h) is rounded: faces are trusted to this margin
     margin = 64 * np.finfo(np.float64).eps * (scale + float(extent.max()) + 1.0)
     widest = float(extent.max())
     if finest_cell is None:
-        r_est = estimate_kth_distance(X_np, k, np.random.default_rng(seed))
+        r_est = estimate_kth_distance(X_np, k, rng)
         positive = r_est[r_est > 0]
         h = 0.5 * float(np.quantile(positive, 0.02)) if len(positive) else widest / 2**10
         h = max(h, widest * 2.0 ** (-60.0 / d), 1e-300)
@@ -494,7 +497,6 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     else:
         h = float(finest_cell)
 
-    Xd = xp.asarray(X_np)
     X32 = (Xd - xp.asarray(center)).astype(xp.float32)
     sid_d = xp.asarray(sid_np)
     # the bookkeeping stays on the array module's device: one transfer of the results at the end
