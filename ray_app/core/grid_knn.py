@@ -56,6 +56,9 @@ from .knn import (
 #: to its density (less scanning) at the price of one sort of the stars per level.
 GRID_LEVEL_RATIO = math.sqrt(2.0)
 
+#: Cell side ratio once fewer than 1 % of the rows are left (isolated stars).
+TAIL_LEVEL_RATIO = 2.0
+
 #: Largest candidate list one query keeps (CUDA local memory per thread); rows that need more
 #: (more than this many stars tied at their k-th distance) finish in the brute force.
 MAX_GRID_CANDIDATES = 256
@@ -490,7 +493,9 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     if finest_cell is None:
         r_est = estimate_kth_distance(X_np, k, rng)
         positive = r_est[r_est > 0]
-        h = 0.5 * float(np.quantile(positive, 0.02)) if len(positive) else widest / 2**10
+        # a star starts where its cell holds ~start_count stars: at h ~ 1.1 r_k for d = 5, so
+        # the densest 1 % start on the first level and no level is built for nobody
+        h = float(np.quantile(positive, 0.01)) if len(positive) else widest / 2**10
         h = max(h, widest * 2.0 ** (-60.0 / d), 1e-300)
     elif not finest_cell > 0:
         raise ValueError(f"finest_cell must be > 0 (scaled feature units), got {finest_cell}")
@@ -523,7 +528,8 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
 
     while bool(open_rows.any()):
         level = build_level(Xd, X32, origin, extent, h, xp=xp)
-        h *= GRID_LEVEL_RATIO
+        # the sparse tail (< 1 % of the rows) climbs faster: each level is a sort of all stars
+        h *= GRID_LEVEL_RATIO if int(open_rows.sum()) * 100 > n_q else TAIL_LEVEL_RATIO
         if level is None:  # too fine to key: no query can start here
             continue
         stats.levels += 1
