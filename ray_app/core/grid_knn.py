@@ -5,7 +5,8 @@ neighbours in O(N) expected work per level, with the recipe of ``knn.py`` (candi
 ``reach`` bound -> exact float64 re-rank -> check):
 
 1. **Grids.** Level ``l`` cuts the scaled feature space into cubes of side
-   ``h_l = h_0 * GRID_LEVEL_RATIO**l``. Stars are sorted by the integer key of their cell, so a
+   ``h_l = h_0 * GRID_LEVEL_RATIO**l`` (``TAIL_LEVEL_RATIO`` once < 1 % of the rows are left).
+   Stars are sorted by the integer key of their cell, so a
    cell is a contiguous range of the sorted stars and a run of cells along the last feature is
    one range too (found by two binary searches over the distinct keys).
 2. **Candidates.** For a query star in cell ``c`` the search scans the ``3**d`` block of cells
@@ -23,8 +24,7 @@ neighbours in O(N) expected work per level, with the recipe of ``knn.py`` (candi
    level; a row that fails because ``m`` was too small (a stack of duplicated stars) doubles
    ``m``. The coarsest level has at most 2 cells per feature, so every block holds every star.
    Rows still open when ``m`` would exceed :data:`MAX_GRID_CANDIDATES`, or the last few open
-   rows (:data:`BRUTE_FINISH_ROWS`), finish in the tiled
-   brute force.
+   rows (:data:`BRUTE_FINISH_ROWS`), finish in the tiled brute force.
 
 Each query starts at the first level where its own cell holds enough stars that the ball of
 radius ``h_l`` (which the block always contains) is expected to hold its k neighbours, so
