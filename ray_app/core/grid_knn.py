@@ -46,6 +46,7 @@ from .knn import (
     KnnResult,
     _rerank_rows,
     _to_numpy,
+    float32_distance_error,
     knn_xp,
     log_unit_ball_volume,
     rerank,
@@ -189,13 +190,12 @@ def query_gaps(Xd, rows, level: GridLevel, origin: np.ndarray, margin: float, xp
         Lower bound on the distance to any star outside the query's 3**d block (``inf`` when
         the block reaches both ends of the grid in every feature).
     """
-    cell = level.cell[rows].astype(xp.float64)
+    c = level.cell[rows]
     q = Xd[rows]
-    lo_edge = xp.asarray(origin) + cell * level.h
+    lo_edge = xp.asarray(origin) + c.astype(xp.float64) * level.h
     lo_gap = xp.maximum(q - lo_edge - margin, 0.0)
     hi_gap = xp.maximum(lo_edge + level.h - q - margin, 0.0)
     ncell = xp.asarray(level.ncell)
-    c = level.cell[rows]
     below = xp.where(c - 1 > 0, lo_gap + level.h, xp.inf)
     above = xp.where(c + 1 < ncell - 1, hi_gap + level.h, xp.inf)
     bound = xp.minimum(below, above).min(axis=1)
@@ -575,12 +575,11 @@ def float32_error_bound(Xd, rows, center: np.ndarray, h: float, xp=np):
 
     Both stars' features relative to ``center`` are at most ``|q - center|_inf + 2 h`` (the
     block spans two cells either side of the query), and each float32 rounding is relative;
-    the constant is the one of :func:`ray_app.core.knn._float32_error_bound`, with that local
-    scale instead of the global largest feature.
+    so :func:`ray_app.core.knn.float32_distance_error` applies with that local scale instead
+    of the global largest feature.
     """
-    d = Xd.shape[1]
     local = xp.abs(Xd[rows] - xp.asarray(center)).max(axis=1) + 2.0 * h
-    return 8.0 * float(np.finfo(np.float32).eps) * local * math.sqrt(d) + 1e-30
+    return float32_distance_error(local, Xd.shape[1])
 
 
 def _search(level, Xd, X32, sid_d, rows, m, k, origin, center, margin, xp, indices, kth,

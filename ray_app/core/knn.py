@@ -258,11 +258,17 @@ def knn_cpu(X, source_id, k: int, query_rows=None, workers: int = -1, tree=None)
 # array-module backend: tiled float32 brute force + the same exact re-rank
 # --------------------------------------------------------------------------------------------
 
-def _float32_error_bound(X_np: np.ndarray) -> float:
-    """Absolute bound on |d32 - d64| for distances computed from float32-rounded features."""
-    scale = float(np.max(np.abs(X_np))) if X_np.size else 0.0
-    d = X_np.shape[1]
+def float32_distance_error(scale, d: int):
+    """Absolute bound on |d32 - d64| between stars whose features are at most ``scale`` in
+    absolute value (a float or an array of per-query scales), computed from float32-rounded
+    features."""
     return 8.0 * float(np.finfo(np.float32).eps) * scale * math.sqrt(d) + 1e-30
+
+
+def _float32_error_bound(X_np: np.ndarray) -> float:
+    """:func:`float32_distance_error` for any two stars of ``X_np``."""
+    scale = float(np.max(np.abs(X_np))) if X_np.size else 0.0
+    return float32_distance_error(scale, X_np.shape[1])
 
 
 def knn_xp(X, source_id, k: int, query_rows=None, xp=np, tile_rows: int | None = None,

@@ -13,8 +13,7 @@ import os
 
 import ray
 
-from ..core.backend import detect_backend
-from .orchestrate import DensityTask, ShardWorker
+from .orchestrate import DensityTask, ShardWorker, worker_backend
 
 NAMESPACE = "ray-app"
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ class DensityActor:
     """Computes kNN + density, then spanning forests, for shards of any job."""
 
     def __init__(self, prefer_backend: str = "auto"):
-        self.backend = detect_backend(prefer_backend, os.environ.get("RAY_APP_CPU_KNN", "cpu"))
+        self.backend = worker_backend(prefer_backend)
         self.worker = ShardWorker(self.backend)
         ctx = ray.get_runtime_context()
         self.name = ctx.get_actor_name()

@@ -15,9 +15,13 @@ import uuid
 
 import numpy as np
 
-from ..core.backend import detect_backend
 from ..core.sharding import choose_shard_count
-from .orchestrate import InProcessExecutor, ShardedDensity, sharded_density_and_forests
+from .orchestrate import (
+    InProcessExecutor,
+    ShardedDensity,
+    sharded_density_and_forests,
+    worker_backend,
+)
 
 #: Default memory one actor may use for a shard (bytes); ``RAY_APP_MEMORY_PER_ACTOR`` overrides.
 DEFAULT_MEMORY_PER_ACTOR = 4 * 2**30
@@ -50,7 +54,7 @@ class InProcessEngine:
     name = "in-process"
 
     def __init__(self, prefer_backend: str = "auto", memory_per_actor: int | None = None):
-        self.backend = detect_backend(prefer_backend, os.environ.get("RAY_APP_CPU_KNN", "cpu"))
+        self.backend = worker_backend(prefer_backend)
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
 
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.backend import detect_backend
 from ..core.shard import shard_density, shard_forest
 from ..core.sharding import Shard, estimate_halo, halo_failures, plan_shards
 
@@ -60,6 +61,12 @@ class ShardedDensity:
     placement: list[str] = field(default_factory=list)
     actors: list[str] = field(default_factory=list)
     memory_plan: dict = field(default_factory=dict)
+
+
+def worker_backend(prefer: str = "auto"):
+    """The backend of a process that computes shards: ``prefer`` (auto/cpu/cupy), with the CPU
+    kNN from ``RAY_APP_CPU_KNN`` (``cpu`` = cKDTree, default, or ``grid``)."""
+    return detect_backend(prefer, os.environ.get("RAY_APP_CPU_KNN", "cpu"))
 
 
 class ShardWorker:
