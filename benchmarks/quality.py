@@ -10,7 +10,7 @@ Prints two tables:
    with other physically plausible scale sets (each factor of 2 around the defaults), giving
    sigma, member count, precision and recall against the photometric member list.
 
-Usage: python benchmarks/quality.py [--null-jobs 60] [--data ../shared/data]
+Usage: python benchmarks/quality.py [--null-jobs 60] [--data tests/data]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def gd1_table(real: dict, members: set) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--null-jobs", type=int, default=60)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" /
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "tests" /
                                           "data"))
     args = ap.parse_args()
     t = pq.read_table(Path(args.data) / "gd1_dr2_widefield.parquet")

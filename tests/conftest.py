@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded generators, the real Gaia data in ../shared/data, a local Ray."""
+"""Fixtures: seeded generators, the real Gaia data shipped in tests/data, a local Ray."""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path:
+def real_data_dir() -> Path:
+    """The real Gaia tables (tests/data, see its README); ``RAY_APP_SHARED_DATA`` overrides."""
     env = os.environ.get("RAY_APP_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data",
-                                                 REPO / "shared" / "data"]:
-        if (cand / "gd1_dr2_widefield.parquet").exists():
-            return cand
-    raise FileNotFoundError(
-        "real Gaia test data not found: expected ../shared/data/gd1_dr2_widefield.parquet "
-        "next to the repository (or set RAY_APP_SHARED_DATA)")
+    path = Path(env) if env else REPO / "tests" / "data"
+    if not (path / "gd1_dr2_widefield.parquet").exists():
+        raise FileNotFoundError(f"real Gaia test data not found in {path} (tests/data ships "
+                                "it; RAY_APP_SHARED_DATA overrides)")
+    return path
 
 
 @pytest.fixture
@@ -31,16 +30,16 @@ def rng():
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    return shared_data_dir()
+def real_data() -> Path:
+    return real_data_dir()
 
 
 @pytest.fixture(scope="session")
-def gd1_field(shared_data):
+def gd1_field(real_data):
     import pyarrow.parquet as pq
 
-    t = pq.read_table(shared_data / "gd1_dr2_widefield.parquet")
-    members = pq.read_table(shared_data / "gd1_dr2_members.parquet")
+    t = pq.read_table(real_data / "gd1_dr2_widefield.parquet")
+    members = pq.read_table(real_data / "gd1_dr2_members.parquet")
     return t, members
 
 

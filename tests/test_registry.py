@@ -103,11 +103,11 @@ def test_footprint_contains_the_real_gd1_members(gd1_field):
     assert np.median(np.abs(pm2 - np.interp(p1, t["phi1"], t["pm_phi2"]))) < 1.0
 
 
-def test_tracks_pass_through_real_starstream_members(shared_data):
+def test_tracks_pass_through_real_starstream_members(real_data):
     """StarStream's Pal 5 members (DR3) lie on our Pal 5 track, within its footprint."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(shared_data / "starstream_dr3_gc_members.parquet")
+    t = pq.read_table(real_data / "starstream_dr3_gc_members.parquet")
     pal5 = (t.column("gc").to_numpy(zero_copy_only=False) == "Pal_5")
     ra, dec = t.column("ra").to_numpy()[pal5], t.column("dec").to_numpy()[pal5]
     s = get_stream("pal5")
