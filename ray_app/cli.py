@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .core.membership import DEFAULT_MEMBER_PROBABILITY
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
 
 EXIT_BAD_INPUT = 2
@@ -58,12 +59,22 @@ def _region_arg(text):
             from None
 
 
+def _at_least_one(flag: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(f"{flag} must be an integer >= 1, got {value!r}")
+
+
 def cmd_recover(args) -> int:
     from .config import RecoverParams
     from .io.status import SqliteStatusStore
     from .jobspec import validate_job_id
     from .service import local_home, new_job_id
 
+    # every option is checked before a job is recorded or any work starts
+    _at_least_one("--num-cpus", args.num_cpus)
+    _at_least_one("--max-actors", args.max_actors)
+    job_id = validate_job_id(args.job_id) if args.job_id is not None else new_job_id()
     region = _region_arg(args.region)
     if args.stream_key is None and region is None:
         args.stream_key = "gd-1"
@@ -71,21 +82,27 @@ def cmd_recover(args) -> int:
                            sigma_threshold=args.sigma_threshold, input_path=args.input,
                            region=region, cache=args.cache,
                            out_dir=args.out or f"results/{(args.stream_key or 'region').lower()}",
+                           overwrite=args.overwrite,
                            seed=args.seed, write_ecsv=not args.no_ecsv,
                            n_background=args.n_background, n_stream=args.n_stream,
-                           shards=args.shards, columns=args.columns)
+                           shards=args.shards, columns=args.columns,
+                           member_probability=args.member_probability,
+                           photometry=args.photometry)
     from .engine.engines import default_engine
     from .runner import run_recovery
 
-    job_id = validate_job_id(args.job_id) if args.job_id else new_job_id()
-    status = SqliteStatusStore(local_home() / "status.db")  # embedded local mode
-    status.claim(job_id, "local-cli", lease_s=365 * 86400,
-                 params={"streamKey": params.stream.key, "nNeighbors": params.n_neighbors,
-                         "sigmaThreshold": params.sigma_threshold, "source":
-                         args.input or "synthetic"})
     engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
                                              "max_actors": args.max_actors}
                                             if args.engine == "ray" else {}))
+    status = SqliteStatusStore(local_home() / "status.db")  # embedded local mode
+    try:
+        status.claim(job_id, "local-cli", lease_s=365 * 86400,
+                     params={"streamKey": params.stream.key, "nNeighbors": params.n_neighbors,
+                             "sigmaThreshold": params.sigma_threshold, "source":
+                             args.input or "synthetic"})
+    except BaseException:
+        engine.close()
+        raise
     printer = _progress_printer()
 
     def progress(pct: int, stage: str) -> None:
@@ -103,10 +120,24 @@ def cmd_recover(args) -> int:
     print(f"job {job_id}: {summary.n_stars} stars, {summary.n_candidates} candidate(s) at "
           f"sigma >= {params.sigma_threshold:g}; outputs in {summary.out_dir}/")
     for c in summary.candidates[:10]:
-        cen = c["centroid"]
+        match = c.get("match")
+        named = (f"matches {match['name']} ({match['key']}, {match['separation_deg']:.2f} deg"
+                 + (f", {match['pm_separation_mas_yr']:.2f} mas/yr" if
+                    match.get("pm_separation_mas_yr") is not None else "") + ")"
+                 if match else "no registry match")
         print(f"  #{c['index']}: sigma={c['significance']:.2f} members={c['n_members']} "
-              f"phi1~{cen['phi1']:.1f} phi2~{cen['phi2']:.2f} "
-              f"pm~({cen['pm_phi1_cosphi2']:.2f}, {cen['pm_phi2']:.2f})")
+              f"(core {c['n_core']}) length={c['length_deg']:.1f} deg "
+              f"width={c['width_deg'] or 0:.2f} deg; {named}")
+    if not summary.candidates:
+        top = summary.metadata["significance"].get("max_sigma")
+        print(f"  no candidate; the most significant structure reached sigma "
+              f"{top:.2f} (threshold {params.sigma_threshold:g})")
+    truth = summary.metadata.get("truth")
+    if truth:
+        for t in truth:
+            print(f"  injected truth vs candidate #{t['index']}: precision "
+                  f"{t['precision']:.2f}, recall {t['recall']:.2f} "
+                  f"({t['injected']} injected stars kept)")
     return 0
 
 
@@ -120,8 +151,8 @@ def _service(args):
 def cmd_submit(args) -> int:
     from .service import new_job_id, submit
 
-    message = {"jobId": args.job_id or new_job_id(), "nNeighbors": args.n_neighbors,
-               "sigmaThreshold": args.sigma_threshold}
+    message = {"jobId": args.job_id if args.job_id is not None else new_job_id(),
+               "nNeighbors": args.n_neighbors, "sigmaThreshold": args.sigma_threshold}
     region = _region_arg(args.region)
     if region is not None:
         message["region"] = region
@@ -137,6 +168,13 @@ def cmd_submit(args) -> int:
         message["shards"] = args.shards
     if args.submitted_by:
         message["submittedBy"] = args.submitted_by
+    if args.member_probability != DEFAULT_MEMBER_PROBABILITY:
+        message["memberProbability"] = args.member_probability
+    if args.photometry is not None:
+        from .data.catalogue import parse_photometry
+
+        phot = parse_photometry(args.photometry)
+        message["photometry"] = "none" if phot.get("off") else phot
     spec = submit(_service(args), message)
     print(spec.job_id)
     return 0
@@ -269,8 +307,29 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def _member_flags(p) -> None:
+    p.add_argument("--member-probability", type=_number,
+                   default=DEFAULT_MEMBER_PROBABILITY,
+                   help="members are the stars at least this likely to belong to the "
+                        "candidate's stream, (0, 1] (message field memberProbability)")
+    p.add_argument("--photometry", default=None,
+                   help="MAG,COLOUR columns for the photometric filter (COLOUR a column "
+                        "or A-B, e.g. g_mean_psf_mag,g_mean_psf_mag-i_mean_psf_mag), or "
+                        "'none'; default phot_g_mean_mag,bp_rp when the table has them")
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--sigma 4`` is refused, not taken for ``--sigma-threshold``), and
+    defaults shown in every help; subcommands inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ray-app",
         description="Recover stellar streams from Gaia catalogues: exact kNN density, H0 "
                     "persistence, calibrated significance, member lists. Runs on a local Ray "
@@ -294,7 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "seeded synthetic catalogue")
     r.add_argument("--columns", help="rename the input's columns to ours: "
                                      "FILE_NAME=our_name[,...], e.g. RA_ICRS=ra,DE_ICRS=dec")
-    r.add_argument("--out", help="output directory (default results/<stream_key>)")
+    r.add_argument("--out", help="output directory (default results/<stream_key>); it must "
+                                 "not exist, be empty, or hold a previous ray-app output "
+                                 "(with --overwrite): other files are never replaced")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a previous ray-app output in --out (only a folder whose "
+                        "manifest.json lists all its files)")
     r.add_argument("--n-neighbors", type=_number, default=32, help="k of the kNN, 1..1024")
     r.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD,
                    help=f"candidate threshold in per-job sigma (default "
@@ -308,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic stream stars (without --input)")
     r.add_argument("--engine", choices=("ray", "in-process"), default="ray",
                    help="run shards on a local Ray instance (default) or in this process")
-    r.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance")
+    r.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs for the local Ray instance, >= 1 (default: all)")
     r.add_argument("--shards", type=_number, default=None,
                    help="phi1 slabs to split the job into (default: from star count and "
                         "actor memory, RAY_APP_MEMORY_PER_ACTOR); results do not depend on it")
@@ -316,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density actors in the pool (default: one per GPU, else 1)")
     r.add_argument("--job-id", help="jobId to record in the local status store "
                                     "(default: random)")
+    _member_flags(r)
     r.set_defaults(func=cmd_recover)
 
     def aws_flags(p):
@@ -336,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--columns", help="FILE_NAME=our_name[,...] renames of the input's columns")
     sb.add_argument("--shards", type=_number, default=None)
     sb.add_argument("--submitted-by", default=os.environ.get("USER"))
+    _member_flags(sb)
     aws_flags(sb)
     sb.set_defaults(func=cmd_submit)
 

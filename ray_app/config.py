@@ -12,11 +12,13 @@ from pathlib import Path
 
 from .core.features import FeatureScales
 from .core.knn import validate_k
+from .core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
-from .data.catalogue import is_uri, parse_columns_map
+from .data.catalogue import is_uri, parse_columns_map, parse_photometry
 from .data.gaia import QueryCuts
 from .data.regions import Region, parse_region
 from .data.registry import get_stream
+from .io.outputs import check_out_dir
 
 DEFAULT_N_NEIGHBORS = 32
 MAX_SHARDS = 4096
@@ -25,6 +27,10 @@ DEFAULT_GAIA_URL = "https://gea.esac.esa.int/"
 #: Positional feature scale (deg) of blind regions searched without a stream frame: no
 #: direction is preferred, so phi1 and phi2 get the same scale.
 BLIND_POSITION_SCALE_DEG = 1.0
+#: Tilts (deg) of the registry track searched by a named-stream job: the registry frame and
+#: four frames whose poles are 4 and 8 deg off it (a thin stream tolerates ~2 deg).
+DEFAULT_FRAME_TILTS = (0.0, -4.0, 4.0, -8.0, 8.0)
+MAX_FRAME_TILT_DEG = 30.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +86,20 @@ class RecoverParams:
     columns : dict, optional
         Renames from the catalogue's column names to ours (``{"RA_ICRS": "ra"}``).
     out_dir : str
-        Output directory (replaced atomically).
+        Output directory, written atomically. It must not exist, be empty, or (with
+        ``overwrite``) hold a previous output of ours; checked here, before any work.
+    overwrite : bool
+        Replace a previous ray-app output in ``out_dir`` (never other files).
+    member_probability : float
+        ``memberProbability``: members are the stars whose membership probability is at
+        least this (0, 1]; default 0.5.
+    photometry : str or dict, optional
+        ``photometry``: ``"MAG,COLOUR"``, ``{"magnitude": M, "colour": C}`` (C a column or
+        ``A-B``), ``"none"``; default Gaia's ``phot_g_mean_mag`` and ``bp_rp`` when present.
+    frame_tilts : tuple of float
+        A named stream is searched relative to its registry track and to that track tilted
+        by these angles (deg; 0 included): a registry frame off by a few degrees still finds
+        the stream. Every frame is paid for in the look-elsewhere correction.
     seed : int
         Seed of the synthetic catalogue and of the null calibration.
     write_ecsv : bool
@@ -89,7 +108,9 @@ class RecoverParams:
         Synthetic catalogue sizes when no input is given.
     shards : int, optional
         Shard count (``shards``); default chosen from the star count and actor memory.
-    scales : FeatureScales
+    scales : FeatureScales, optional
+        Default: the stream's own scales (``StreamInfo.feature_scales``), or the blind-region
+        scales.
     """
 
     stream_key: str | None = "gd-1"
@@ -107,6 +128,10 @@ class RecoverParams:
     region: dict | None = None
     cache: str | None = None
     gaia_url: str | None = None
+    overwrite: bool = False
+    frame_tilts: tuple = DEFAULT_FRAME_TILTS
+    member_probability: float = DEFAULT_MEMBER_PROBABILITY
+    photometry: object = None
 
     def __post_init__(self) -> None:
         if (self.stream_key is None) == (self.region is None):
@@ -121,6 +146,8 @@ class RecoverParams:
                                             phi2=BLIND_POSITION_SCALE_DEG)
         else:
             self.stream = get_stream(self.stream_key)
+            if self.scales is None:
+                self.scales = self.stream.feature_scales()
         if self.scales is None:
             self.scales = FeatureScales()
         self.gaia = self.input_path in GAIA_SOURCES
@@ -146,6 +173,15 @@ class RecoverParams:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        tilts = tuple(float(t) for t in self.frame_tilts)
+        if 0.0 not in tilts or len(set(tilts)) != len(tilts) or len(tilts) > 9 or any(
+                not abs(t) <= MAX_FRAME_TILT_DEG for t in tilts):
+            raise ValueError(f"frame_tilts must be 1-9 distinct angles within +-"
+                             f"{MAX_FRAME_TILT_DEG:g} deg including 0, got {self.frame_tilts!r}")
+        self.frame_tilts = tilts
+        self.member_probability = validate_member_probability(self.member_probability)
+        self.photometry = parse_photometry(self.photometry)
+        self.out_dir = str(check_out_dir(self.out_dir, self.overwrite))
 
     def to_dict(self) -> dict:
         d = asdict(self)

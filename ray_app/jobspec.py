@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from .config import DEFAULT_N_NEIGHBORS, MAX_SHARDS
 from .core.knn import validate_k
+from .core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
 from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
-from .data.catalogue import parse_columns_map
+from .data.catalogue import parse_columns_map, parse_photometry
 from .data.regions import parse_region
 from .data.registry import get_stream
 
@@ -41,6 +42,10 @@ FIELDS = {
     "seed": "optional integer >= 0 (synthetic catalogue and null calibration)",
     "nBackground": "optional integer >= 0 (synthetic catalogue size)",
     "nStream": "optional integer >= 0 (synthetic stream size)",
+    "memberProbability": "optional number in (0, 1], default 0.5: members are the stars at "
+                         "least this likely to belong to the candidate's stream",
+    "photometry": "optional {\"magnitude\": column, \"colour\": column or \"A-B\"} or "
+                  "\"none\"; default phot_g_mean_mag and bp_rp when the table has them",
 }
 
 
@@ -67,6 +72,8 @@ class JobSpec:
     n_background: int = 30000
     n_stream: int = 500
     region: dict | None = None
+    member_probability: float = DEFAULT_MEMBER_PROBABILITY
+    photometry: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_message(self) -> dict:
@@ -84,6 +91,10 @@ class JobSpec:
             msg["submittedBy"] = self.submitted_by
         if self.columns:
             msg["columns"] = self.columns
+        if self.member_probability != DEFAULT_MEMBER_PROBABILITY:
+            msg["memberProbability"] = self.member_probability
+        if self.photometry is not None:
+            msg["photometry"] = "none" if self.photometry.get("off") else self.photometry
         return msg
 
 
@@ -162,7 +173,10 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
             columns=parse_columns_map(msg.get("columns")),
             seed=_int_field(msg, "seed", 0, None, 42),
             n_background=_int_field(msg, "nBackground", 0, 10**8, 30000),
-            n_stream=_int_field(msg, "nStream", 0, 10**7, 500))
+            n_stream=_int_field(msg, "nStream", 0, 10**7, 500),
+            member_probability=validate_member_probability(
+                msg.get("memberProbability", DEFAULT_MEMBER_PROBABILITY)),
+            photometry=parse_photometry(msg.get("photometry")))
     except InvalidJob as exc:
         exc.job_id = readable
         raise

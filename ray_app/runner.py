@@ -16,27 +16,31 @@ import pyarrow as pa
 
 from . import __version__
 from .config import RecoverParams
-from .core.features import FEATURE_NAMES, finite_rows, stream_features
+from .core.features import FEATURE_NAMES, feature_matrix, finite_rows, stream_features
 from .core.knn import validate_k
+from .core.membership import membership_probabilities
 from .core.persistence import merge_forests
 from .core.recovery import (
     calibrate_null,
     candidate_labels,
     candidates,
+    merge_searches,
     null_shuffle_cell,
     summarize_members,
 )
 from .core.significance import expected_false_candidates
+from .core.tracks import relative_features
 from .data.catalogue import (
     CatalogueError,
     columns_from_table,
     is_uri,
+    photometry_columns,
     read_catalogue,
     validate_columns,
 )
 from .data.synthetic import Injection, synthetic_sky
 from .io import outputs
-from .io.plots import summary_plot
+from .io.plots import candidate_plot, summary_plot
 
 ProgressFn = Callable[[int, str], None]
 
@@ -111,6 +115,16 @@ def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
             cols = {k: v[inside] for k, v in cols.items()}
             table = table.filter(pa.array(inside))
             prov["rows_in_region"] = int(inside.sum())
+        else:  # a stream job: a catalogue of another part of the sky is a mistake, say so
+            inside = int(target.footprint.contains(cols["ra"], cols["dec"]).sum())
+            if inside == 0:
+                raise CatalogueError(
+                    f"input catalogue {params.input_path!r}: none of its {table.num_rows} "
+                    f"rows lies in the footprint of {target.name} (ra "
+                    f"{np.nanmin(cols['ra']):.1f}..{np.nanmax(cols['ra']):.1f}, dec "
+                    f"{np.nanmin(cols['dec']):.1f}..{np.nanmax(cols['dec']):.1f} deg); see "
+                    "`ray-app catalog` for where each stream lies, or search with --region")
+            prov["rows_in_footprint"] = inside
         return cols, table, prov
     injections = []
     if params.region is None and params.n_stream > 0:
@@ -168,39 +182,53 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     sid = clean["source_id"].astype(np.int64)
     done("clean")
 
-    raw, X = stream_features(params.stream.frame, clean["ra"], clean["dec"], clean["pmra"],
+    raw, _ = stream_features(params.stream.frame, clean["ra"], clean["dec"], clean["pmra"],
                              clean["pmdec"], clean["parallax"], params.scales)
     phi1, phi2, pm1, pm2 = (raw[n] for n in FEATURE_NAMES[:4])
+    # a named stream is searched relative to its registry track, in a few frames tilted
+    # about it (the registry can be off); blind regions in their raw frame
+    track = getattr(params.stream, "detection_track", None)
+    tilts = params.frame_tilts if track is not None else (0.0,)
     done("features")
 
-    def shard_progress(done_shards: int, total: int) -> None:
-        lo, hi = STAGES["features"], STAGES["density"]
-        progress(lo + (hi - lo) * done_shards // max(total, 1), "density")
-
-    sharded = engine.density_and_forests(X, sid, params.n_neighbors, shards=params.shards,
-                                         progress=shard_progress)
-    f = sharded.log_density
-    done("density")
-
-    pers = merge_forests(f, sid, sharded.forests)
-    done("merge")
-
-    t_null = time.perf_counter()
-    null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
-                          shuffle_cell=null_shuffle_cell(params.scales))
-    timings["calibration"] = time.perf_counter() - t_null
-    cres = candidates(pers, f, params.sigma_threshold, null)
-    labels = candidate_labels(len(sid), cres.candidates)
+    searches = []
+    for i, tilt in enumerate(tilts):
+        searches.append(_search(params, engine, raw, sid,
+                                track.tilted(tilt) if track is not None else None, tilt,
+                                len(tilts), timings,
+                                lambda frac, i=i: progress(
+                                    STAGES["features"] + int((STAGES["density"] - STAGES[
+                                        "features"]) * (i + frac) / len(tilts)), "density")))
+    t = time.perf_counter()  # the searches timed their own stages
+    primary = searches[tilts.index(0.0)]
+    f, pers, cres, sharded, null = (primary.log_density, primary.pers, primary.cres,
+                                    primary.sharded, primary.cres.null)
+    progress(STAGES["merge"], "merge")
+    merged = merge_searches([s.cres.candidates for s in searches])
+    final = [c for _, c in merged]
+    core_labels = candidate_labels(len(sid), final)
+    phot = photometry_columns(clean, params.photometry, origin=str(params.input_path or
+                                                                   provenance["kind"]))
+    errors = feature_errors(clean)
+    memberships = [membership_probabilities(raw, c.members, errors,
+                                            None if phot is None else phot[:2],
+                                            base_track=searches[which].track)
+                   for which, c in merged]
+    prob, labels = member_labels(len(sid), memberships, params.member_probability)
     done("candidates")
 
     cand_json = []
-    for c in cres.candidates:
-        summ = summarize_members(raw, c.members)
+    for (which, c), m in zip(merged, memberships, strict=True):
+        members = np.flatnonzero(m.probability >= params.member_probability)
+        summ = summarize_members(raw, members if len(members) else c.members)
         cand_json.append({
             "index": c.index, "significance": c.significance, "birth": c.birth,
             "death": c.death, "persistence": c.persistence,
             "peak_source_id": int(sid[c.peak]), "saddle_source_id": int(sid[c.saddle]),
-            "essential": c.essential, "n_members": int(len(c.members)),
+            "essential": c.essential, "n_members": int(len(members)),
+            "n_core": int(len(c.members)),
+            **describe_track(params.stream.frame, m, raw["phi1"][members]),
+            "frame": {"track_tilt_deg": searches[which].tilt},
             "centroid": {k: v["centroid"] for k, v in summ.items()},
             "spread": {k: v["spread"] for k, v in summ.items()},
         })
@@ -212,20 +240,43 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
         "parameters": {"nNeighbors": params.n_neighbors,
                        "sigmaThreshold": params.sigma_threshold, "seed": params.seed,
                        "feature_scales": params.scales.to_dict(),
+                       "features_relative_to_track": track.to_dict() if track else None,
+                       "frame_tilts_deg": list(tilts),
                        "features": list(FEATURE_NAMES)},
         "counts": {"input_rows": n_input, "dropped_nan": n_input - n_clean, "stars": n_clean,
                    "finite_pairs": int(len(pers.peak)),
                    "essential_classes": int(len(pers.essential)),
                    "forest_edges": int(len(pers.forest_src)),
-                   "candidates": len(cres.candidates),
+                   "candidates": len(final),
                    "knn_rows_requeried": int(sharded.requeried)},
         "significance": {
             "definition": "per-job look-elsewhere-corrected Gaussian-equivalent significance; "
                           "see ray_app/core/significance.py",
             "nominal_false_candidates_per_job": expected_false_candidates(
                 params.sigma_threshold),
-            "n_tests": cres.n_tests, **null.to_dict()},
-        "membership": "death-level core of each pair (essential classes: key saddle)",
+            "n_tests": cres.n_tests, "frames_searched": len(searches),
+            "max_sigma": max(x.max_sigma for x in searches),
+            "frames": [{"track_tilt_deg": x.tilt, "candidates": len(x.cres.candidates),
+                        "max_sigma": x.max_sigma} for x in searches],
+            **null.to_dict()},
+        "membership": {
+            "rule": f"membership probability >= {params.member_probability:g} (stream + "
+                    "field mixture seeded by the persistence core; see "
+                    "ray_app/core/membership.py)",
+            "memberProbability": params.member_probability,
+            "core": "death-level core of each pair (essential classes: key saddle), in "
+                    "candidate_members.npz as core_<i>",
+            "photometry": None if phot is None else {
+                **phot[2], "used": True,
+                "stars_with_photometry": int(np.sum(np.isfinite(phot[0])
+                                                    & np.isfinite(phot[1]))),
+                "rule": "colour-magnitude likelihood ratio learnt from the candidate's members "
+                        "against the off-track field; stars without photometry are not "
+                        "members"},
+            "errors": sorted(errors),
+            "candidates": [{"index": c.index, "iterations": m.iterations,
+                            "stream_fraction": m.fraction, "widths": m.widths}
+                           for c, m in zip(final, memberships, strict=True)]},
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
                    "shard_axis": FEATURE_NAMES[sharded.axis], "halo": sharded.halo,
@@ -234,11 +285,14 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                    "shard_nodes": sharded.placement, "shard_actors": sharded.actors,
                    "shard_memory_plan": sharded.memory_plan},
         "data": provenance,
+        **({"truth": truth_scores(clean, sid, final, memberships,
+                                  params.member_probability)}
+           if "is_stream" in clean else {}),
         "software": _versions(),
         "timings_s": timings,
     }
 
-    with outputs.atomic_output_dir(params.out_dir) as tmp:
+    with outputs.atomic_output_dir(params.out_dir, params.overwrite) as tmp:
         ess_sid = np.where(cres.essential_saddle >= 0,
                            sid[np.maximum(cres.essential_saddle, 0)], -1)
         outputs.write_persistence(tmp / "persistence.npz", {
@@ -252,25 +306,152 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
             "essential_significance": cres.essential_sigma,
         })
         outputs.write_json(tmp / "candidates.json", cand_json)
-        outputs.write_members(tmp / "candidate_members.npz",
-                              {f"candidate_{c.index}": sid[c.members] for c in
-                               cres.candidates})
-        stars = {name: v for name, v in clean.items()}
-        stars.update({"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2})
-        stars.update({f"feat_{n}": X[:, i] for i, n in enumerate(FEATURE_NAMES)})
-        stars.update({"log_density": f, "candidate": labels})
+        arrays = {}
+        for c, m in zip(final, memberships, strict=True):
+            keep = m.probability >= params.member_probability
+            arrays[f"candidate_{c.index}"] = sid[keep]
+            arrays[f"probability_{c.index}"] = m.probability[keep]
+            arrays[f"core_{c.index}"] = sid[c.members]
+        outputs.write_members(tmp / "candidate_members.npz", arrays)
+        computed = {"phi1": phi1, "phi2": phi2, "pm_phi1_cosphi2": pm1, "pm_phi2": pm2,
+                    **{f"feat_{n}": primary.X[:, i] for i, n in enumerate(FEATURE_NAMES)},
+                    "log_density": f, "candidate": labels, "member_probability": prob,
+                    "core_candidate": core_labels}
+        stars, renamed = outputs.merge_columns(clean, computed)
+        metadata["stars_columns_renamed"] = renamed
         outputs.write_stars(tmp / "stars.parquet", stars)
         if params.write_ecsv:
             outputs.write_gaia_ecsv(tmp / "gaia_table.ecsv", table)
+        source = Path(provenance["path"]).name if "path" in provenance else \
+            provenance.get("uri") or provenance["kind"]
+        title = (f"{params.stream.name} | data: {source} | {n_clean} stars, "
+                 f"k={params.n_neighbors}, sigma >= {params.sigma_threshold:g}, members: "
+                 f"p >= {params.member_probability:g}")
         summary_plot(tmp / "summary.png", births=f[pers.peak], deaths=f[pers.saddle],
                      pair_sigma=cres.pair_sigma, sigma_threshold=params.sigma_threshold,
-                     essential_births=f[pers.essential], phi1=phi1, phi2=phi2, pm1=pm1,
-                     pm2=pm2, candidate=labels,
-                     title=f"{params.stream.name}: {len(cres.candidates)} candidate(s), "
-                           f"{n_clean} stars, k={params.n_neighbors}")
+                     candidates=cand_json, phi1=phi1, phi2=phi2, pm1=pm1, pm2=pm2,
+                     probability=prob, label=labels, tracks=[m.track for m in memberships],
+                     member_threshold=params.member_probability, title=title,
+                     photometry=phot)
+        for c, m in zip(cand_json, memberships, strict=True):
+            candidate_plot(tmp / f"candidate_{c['index']}.png", index=c["index"],
+                           significance=c["significance"], phi1=phi1, features=raw,
+                           probability=m.probability,
+                           member_threshold=params.member_probability, track=m.track,
+                           title=params.stream.name)
         done("write")
         metadata["timings_s"] = timings
         metadata["persistence_summary"] = {
             "max_finite_persistence": float(finite.max()) if len(finite) else None}
         outputs.write_json(tmp / "metadata.json", metadata)
-    return RunSummary(Path(params.out_dir), n_clean, len(cres.candidates), cand_json, metadata)
+    return RunSummary(Path(params.out_dir), n_clean, len(final), cand_json, metadata)
+
+
+def truth_scores(clean: dict, sid, final, memberships, threshold: float) -> list[dict]:
+    """Precision and recall of each candidate's members against a synthetic sky's injected
+    truth (``is_stream``), and of its core."""
+    truth = np.asarray(clean["is_stream"], dtype=bool)
+    out = []
+    for c, m in zip(final, memberships, strict=True):
+        members = m.probability >= threshold
+        row = {"index": c.index, "injected": int(truth.sum())}
+        for name, sel in (("", members), ("core_", np.isin(np.arange(len(sid)), c.members))):
+            tp = int(np.sum(sel & truth))
+            row[f"{name}precision"] = tp / max(int(sel.sum()), 1)
+            row[f"{name}recall"] = tp / max(int(truth.sum()), 1)
+        out.append(row)
+    return out
+
+
+def feature_errors(cols: dict) -> dict:
+    """Per-star 1-sigma errors of the frame features, where the catalogue has them.
+
+    Proper-motion errors are taken as isotropic (the rotation into the frame mixes pmra and
+    pmdec): sqrt((e_pmra^2 + e_pmdec^2) / 2). A catalogue with parallax_error but no
+    proper-motion errors gets e_pm = parallax_error (Gaia DR3: sigma_pm [mas/yr] ~ sigma_plx
+    [mas] at all magnitudes; DR2's are ~1.5x larger).
+    """
+    out = {}
+    if "parallax_error" in cols:
+        out["parallax"] = np.asarray(cols["parallax_error"], dtype=np.float64)
+    if "pmra_error" in cols and "pmdec_error" in cols:
+        e = np.sqrt(0.5 * (np.square(np.asarray(cols["pmra_error"], dtype=np.float64))
+                           + np.square(np.asarray(cols["pmdec_error"], dtype=np.float64))))
+        out["pm_phi1_cosphi2"] = out["pm_phi2"] = e
+    elif "parallax" in out:
+        out["pm_phi1_cosphi2"] = out["pm_phi2"] = out["parallax"]
+    return out
+
+
+def member_labels(n: int, memberships: list, threshold: float) -> tuple[np.ndarray,
+                                                                        np.ndarray]:
+    """Per star: the largest membership probability over the candidates, and the candidate
+    it belongs to (the most probable one at or above ``threshold``; -1: none)."""
+    if not memberships:
+        return np.zeros(n), np.full(n, -1, dtype=np.int64)
+    p = np.vstack([m.probability for m in memberships])
+    best = np.argmax(p, axis=0)
+    top = p[best, np.arange(n)]
+    return top, np.where(top >= threshold, best, -1).astype(np.int64)
+
+
+def describe_track(frame, m, member_phi1) -> dict:
+    """candidates.json fields of a candidate's fitted track: the track itself, its length
+    and width, and the registry stream it coincides with."""
+    from .core.frames import frame_to_icrs
+    from .data.registry import match_track
+
+    if m.track is None:
+        return {"track": [], "length_deg": 0.0, "width_deg": None, "match": None}
+    pts = m.track.points()
+    p1 = np.array([q["phi1"] for q in pts])
+    ra, dec, pmra, pmdec = frame_to_icrs(frame, p1, np.array([q["phi2"] for q in pts]),
+                                         np.array([q["pm_phi1_cosphi2"] for q in pts]),
+                                         np.array([q["pm_phi2"] for q in pts]))
+    length = float(np.ptp(member_phi1)) if len(member_phi1) else 0.0
+    return {"track": pts, "length_deg": round(length, 3),
+            "width_deg": round(m.widths.get("phi2", float("nan")), 4),
+            "match": match_track(ra, dec, pmra, pmdec)}
+
+
+@dataclass
+class _Search:
+    """One search of the job's stars in one frame (a tilt of the detection track)."""
+
+    tilt: float
+    track: object
+    X: np.ndarray
+    sharded: object
+    pers: object
+    cres: object
+
+    @property
+    def log_density(self) -> np.ndarray:
+        return self.sharded.log_density
+
+    @property
+    def max_sigma(self) -> float:
+        sig = np.concatenate([self.cres.pair_sigma, self.cres.essential_sigma])
+        sig = sig[np.isfinite(sig)]
+        return float(sig.max()) if len(sig) else 0.0
+
+
+def _search(params: RecoverParams, engine, raw: dict, sid, track, tilt: float,
+            n_searches: int, timings: dict, progress) -> _Search:
+    """Density, exact merge, null and candidates of the stars in one frame."""
+    X = feature_matrix(relative_features(raw, track), params.scales)
+    t0 = time.perf_counter()
+    sharded = engine.density_and_forests(
+        X, sid, params.n_neighbors, shards=params.shards,
+        progress=lambda d, total: progress(d / max(total, 1)))
+    t1 = time.perf_counter()
+    pers = merge_forests(sharded.log_density, sid, sharded.forests)
+    t2 = time.perf_counter()
+    null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
+                          shuffle_cell=null_shuffle_cell(params.scales))
+    cres = candidates(pers, sharded.log_density, params.sigma_threshold, null,
+                      n_searches=n_searches)
+    t3 = time.perf_counter()
+    for stage, dt in (("density", t1 - t0), ("merge", t2 - t1), ("calibration", t3 - t2)):
+        timings[stage] = timings.get(stage, 0.0) + dt
+    return _Search(tilt, track, X, sharded, pers, cres)

@@ -6,7 +6,10 @@ Environment (or the CLI flags that override it):
 * ``AWS_DEFAULT_REGION`` / ``AWS_ENDPOINT_URL``: boto3's own configuration (no custom
   endpoint code: the same code talks to AWS and to a local emulator);
 * without ``TABLE_NAME``/``BUCKET_NAME`` the embedded local mode is used: a SQLite status store
-  and a results folder under ``RAY_APP_HOME`` (default ``./results``).
+  and a results folder under ``RAY_APP_HOME`` (default: the per-user data folder
+  ``$XDG_DATA_HOME/ray-app``, i.e. ``~/.local/share/ray-app``). It never depends on the current
+  directory, so a job started by ``ray job submit`` (which runs in Ray's temporary working
+  directory) and ``ray-app status`` in a shell see the same store.
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ class Service:
 
 
 def local_home() -> Path:
-    return Path(os.environ.get("RAY_APP_HOME", "results"))
+    """The embedded local mode's folder: ``$RAY_APP_HOME``, else ``$XDG_DATA_HOME/ray-app``
+    (``~/.local/share/ray-app``), made absolute."""
+    home = os.environ.get("RAY_APP_HOME")
+    if not home:
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        home = str(Path(data) / "ray-app")
+    return Path(home).expanduser().resolve()
 
 
 def service_from_env(queue_url: str | None = None, table: str | None = None,

@@ -35,7 +35,8 @@ def test_outputs_contract(demo_run):
     out = demo_run
     names = {p.name for p in out.iterdir()}
     assert {"persistence.npz", "candidates.json", "candidate_members.npz", "metadata.json",
-            "stars.parquet", "gaia_table.ecsv", "summary.png", "manifest.json"} <= names
+            "stars.parquet", "gaia_table.ecsv", "summary.png", "manifest.json",
+            "candidate_0.png"} <= names
     pz = np.load(out / "persistence.npz")
     assert pz["diagram_0"].ndim == 2 and pz["diagram_0"].shape[1] == 2
     assert len(pz["peak_source_id"]) == len(pz["saddle_source_id"]) == len(pz["diagram_0"])
@@ -44,16 +45,28 @@ def test_outputs_contract(demo_run):
     cands = json.loads((out / "candidates.json").read_text())
     assert cands and cands[0]["significance"] >= 5
     for key in ("significance", "birth", "death", "persistence", "peak_source_id",
-                "saddle_source_id", "n_members", "centroid", "spread"):
+                "saddle_source_id", "n_members", "centroid", "spread", "n_core", "track",
+                "length_deg", "width_deg", "match", "frame"):
         assert key in cands[0]
+    assert cands[0]["match"]["key"] == "gd-1"  # the injected stream is named
+    assert cands[0]["length_deg"] > 30 and 0.05 < cands[0]["width_deg"] < 0.6
+    point = cands[0]["track"][0]
+    assert {"phi1", "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax", "phi2_width"} <= set(point)
+    assert np.all(np.diff([p["phi1"] for p in cands[0]["track"]]) <= 2.0)
     assert set(cands[0]["centroid"]) == {"phi1", "phi2", "pm_phi1_cosphi2", "pm_phi2",
                                          "parallax"}
     members = np.load(out / "candidate_members.npz")
     assert len(members["candidate_0"]) == cands[0]["n_members"]
+    assert len(members["core_0"]) == cands[0]["n_core"]
+    assert len(members["probability_0"]) == cands[0]["n_members"]
+    assert np.all(members["probability_0"] >= 0.5)
     stars = pq.read_table(out / "stars.parquet")
     for col in ("source_id", "ra", "pmra", "feat_phi1", "feat_parallax", "log_density",
-                "candidate"):
+                "candidate", "member_probability", "core_candidate", "phot_g_mean_mag",
+                "bp_rp", "pmra_error", "is_stream", "ruwe"):  # input columns travel too
         assert col in stars.column_names
+    prob = stars["member_probability"].to_numpy()
+    assert np.all((stars["candidate"].to_numpy() >= 0) == (prob >= 0.5))
     cand_col = stars["candidate"].to_numpy()
     assert set(members["candidate_0"].tolist()) >= set(
         stars["source_id"].to_numpy()[cand_col == 0].tolist())
@@ -62,6 +75,11 @@ def test_outputs_contract(demo_run):
     assert meta["counts"]["input_rows"] == 6000 + meta["data"]["n_stream_kept"]
     assert 250 < meta["data"]["n_stream_kept"] <= 300
     assert meta["parameters"]["feature_scales"]["phi1"]["scale"] == 10.0
+    assert meta["parameters"]["features_relative_to_track"]["features"] == [
+        "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax"]
+    assert meta["significance"]["frames_searched"] == 5
+    assert meta["membership"]["photometry"]["colour"] == "bp_rp"
+    assert meta["truth"][0]["precision"] > 0.9 and meta["truth"][0]["recall"] > 0.9
     assert {"density", "merge", "candidates", "write"} <= set(meta["timings_s"])
     assert "numpy" in meta["software"] and meta["data"]["kind"] == "synthetic"
     manifest = json.loads((out / "manifest.json").read_text())

@@ -216,7 +216,7 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
 
 
 def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullModel,
-               max_candidates: int = 100) -> CandidateResult:
+               max_candidates: int = 100, n_searches: int = 1) -> CandidateResult:
     """Significance of every pair and the candidates at ``sigma_threshold``.
 
     Parameters
@@ -227,6 +227,10 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
         From :func:`calibrate_null`.
     max_candidates : int
         At most this many candidates (the most significant) get member lists.
+    n_searches : int
+        How many searches of the same stars the job makes (frames tried); every test is
+        counted that many times, so sigma stays a per-job figure (look-elsewhere over
+        frames).
     """
     f = np.asarray(log_dens)
     finite = f[pers.peak] - f[pers.saddle]
@@ -236,7 +240,8 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
     # denser overdensity that holds the global maximum (a stream can): that overdensity is
     # scored as an essential class at its key saddle, the field is not a candidate.
     field = field_pairs(pers, len(f))
-    n_tests = max(int(np.sum(~field)) + int(np.sum(ess_saddle >= 0)), 1)
+    n_searches = max(int(n_searches), 1)
+    n_tests = max(int(np.sum(~field)) + int(np.sum(ess_saddle >= 0)), 1) * n_searches
     pair_sigma = job_sigma(null.log_survival(finite), n_tests) if len(finite) else np.empty(0)
     pair_sigma = np.where(field, 0.0, pair_sigma)
     ess_sigma = np.full(len(ess_saddle), np.nan)
@@ -244,7 +249,7 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
     if has.any():
         ess_sigma[has] = np.where(
             via_field[has], job_sigma(null.log_survival(ess_pers[has]), n_tests),
-            job_sigma(null.log_survival_essential(ess_pers[has]), 1))
+            job_sigma(null.log_survival_essential(ess_pers[has]), n_searches))
 
     rows = [(float(pair_sigma[i]), float(finite[i]), int(pers.peak[i]), int(pers.saddle[i]),
              False) for i in np.flatnonzero(pair_sigma >= sigma_threshold)]
@@ -259,6 +264,26 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
         cands.append(Candidate(idx, sig, float(f[peak]), float(f[saddle]), peak, saddle, ess,
                                members))
     return CandidateResult(cands, null, n_tests, pair_sigma, ess_death, ess_saddle, ess_sigma)
+
+
+def merge_searches(searches: list[list[Candidate]], overlap: float = 0.5
+                   ) -> list[tuple[int, Candidate]]:
+    """One candidate list from several searches of the same stars (frames).
+
+    Candidates are taken by decreasing significance; one that shares more than ``overlap``
+    of the smaller member list with an accepted one describes the same structure and is
+    dropped. Returns ``(search index, candidate)`` pairs, re-indexed 0.. in that order.
+    """
+    pool = sorted(((c.significance, len(c.members), s, c) for s, cs in enumerate(searches)
+                   for c in cs), key=lambda r: (-r[0], -r[1], r[2]))
+    kept: list[tuple[int, Candidate]] = []
+    for _sig, _n, s, c in pool:
+        mem = c.members
+        if any(len(np.intersect1d(mem, k.members, assume_unique=True))
+               > overlap * min(len(mem), len(k.members)) for _, k in kept):
+            continue
+        kept.append((s, replace(c, index=len(kept))))
+    return kept
 
 
 def candidate_labels(n: int, cands: list[Candidate]) -> np.ndarray:

@@ -22,6 +22,7 @@ the closest matches.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from importlib import resources
 
 import numpy as np
 
+from ..core.features import FeatureScales
 from ..core.frames import StreamFrame, fit_great_circle_pole, icrs_to_frame
+from ..core.tracks import Track
 from .gaia import QueryCuts
 from .regions import TrackFootprint
 
@@ -145,6 +148,45 @@ class StreamInfo:
         o = np.argsort(p1, kind="stable")
         return {"phi1": p1[o], "phi2": p2[o], "pm_phi1_cosphi2": m1[o], "pm_phi2": m2[o],
                 "distance_kpc": self.track.distance_kpc[o]}
+
+    @cached_property
+    def detection_track(self) -> Track:
+        """The registry track as a function of phi1 (phi2; the proper motions where measured;
+        parallax = 1 / distance where known), subtracted from the features of a named-stream
+        job so its kNN ball follows the stream (``core/tracks.py``)."""
+        t = self.track_frame
+        phi1, first = np.unique(np.round(t["phi1"], 6), return_index=True)
+        values = {"phi2": t["phi2"][first]}
+        if self.has_pm:
+            values["pm_phi1_cosphi2"] = t["pm_phi1_cosphi2"][first]
+            values["pm_phi2"] = t["pm_phi2"][first]
+        d = t["distance_kpc"][first]
+        if np.any(np.isfinite(d) & (d > 0)):
+            values["parallax"] = np.where(np.isfinite(d) & (d > 0), 1.0 / np.where(d > 0, d, 1),
+                                          np.nan)
+        return Track(phi1, values, source=f"registry: {self.reference}")
+
+    def feature_scales(self) -> FeatureScales:
+        """Detection scales of this stream (the rule, not fitted to any data set):
+
+        * across the track, phi2: 1.5 x the registry width, within [0.3, 1.5] deg (0.3 deg,
+          the default, for a GD-1-like 0.2 deg stream; streams differ 5x in width);
+        * proper motions: the default 0.3 mas/yr (Gaia errors of faint members) added in
+          quadrature to 1.5 x the published proper-motion dispersion, where known;
+        * phi1 (10 deg) and parallax (0.5 mas): the defaults (length and distance are set by
+          the footprint and the cuts, not by the kNN scale).
+        """
+        base = FeatureScales()
+        phi2 = round(float(np.clip(1.5 * self.width_deg, base.phi2, 1.5)), 4) if self.width_deg \
+            else base.phi2
+
+        def pm(default, width):
+            return round(float(np.hypot(default, 1.5 * width)), 4) if width else default
+
+        return FeatureScales(phi1=base.phi1, phi2=phi2,
+                             pm_phi1_cosphi2=pm(base.pm_phi1_cosphi2, self.width_pm[0]),
+                             pm_phi2=pm(base.pm_phi2, self.width_pm[1]),
+                             parallax=base.parallax)
 
     @property
     def phi1_range(self) -> tuple[float, float]:
@@ -292,3 +334,86 @@ def get_stream(key) -> StreamInfo:
         f"streamKey {key!r} is not a known stream{hint} ({len(_ALL)} known; list them with "
         "`ray-app catalog`)"
     )
+
+
+#: A candidate's track matches a registry stream when its points lie on average within
+#: max(MATCH_MIN_DEG, MATCH_WIDTHS x the stream's width) of the registry track, and (where
+#: the registry has proper motions) within MATCH_PM mas/yr of its proper motion.
+MATCH_MIN_DEG = 1.5
+MATCH_WIDTHS = 3.0
+MATCH_PM = 2.0
+
+
+@functools.cache
+def _match_index():
+    """Every registry track densified to ~0.2 deg, as unit vectors in one KD-tree."""
+    from scipy.spatial import cKDTree
+
+    from ..core.frames import frame_to_icrs
+
+    xyz, owner, pms = [], [], []
+    for i, s in enumerate(_ALL):
+        t = s.track_frame
+        p1 = t["phi1"]
+        grid = np.arange(p1[0], p1[-1] + 0.2, 0.2) if p1[-1] > p1[0] else p1[:1]
+        ra, dec, pmra, pmdec = frame_to_icrs(
+            s.frame, grid, np.interp(grid, p1, t["phi2"]),
+            np.interp(grid, p1, t["pm_phi1_cosphi2"]), np.interp(grid, p1, t["pm_phi2"]))
+        xyz.append(_unit(ra, dec))
+        owner.append(np.full(len(grid), i))
+        pms.append(np.column_stack([pmra, pmdec]) if s.has_pm else np.full((len(grid), 2),
+                                                                            np.nan))
+    return cKDTree(np.concatenate(xyz)), np.concatenate(owner), np.concatenate(pms)
+
+
+def _unit(ra, dec) -> np.ndarray:
+    r, d = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+
+
+def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
+    """The registry stream a candidate's track (points in ICRS) coincides with, or None.
+
+    For each registry stream, the mean angular distance from the candidate's points to its
+    nearest track point is compared with max(:data:`MATCH_MIN_DEG`, :data:`MATCH_WIDTHS` x
+    its width), and the median proper-motion difference at those points (where the registry
+    has proper motions) with :data:`MATCH_PM`; the closest stream that passes both is named.
+    At least half of the candidate's points must lie within that distance.
+
+    Returns
+    -------
+    dict or None
+        ``key``, ``name``, ``separation_deg`` (mean), ``pm_separation_mas_yr`` (None where
+        the registry has no proper motion), ``overlap_fraction``.
+    """
+    ra, dec = np.atleast_1d(ra).astype(float), np.atleast_1d(dec).astype(float)
+    tree, owner, pms = _match_index()
+    q = _unit(ra, dec)
+    reach = 2 * np.sin(np.radians(max(MATCH_MIN_DEG, MATCH_WIDTHS * 1.5)) / 2)
+    hits = tree.query_ball_point(q, reach)
+    best = None
+    for i in {int(owner[j]) for row in hits for j in row}:
+        s = _ALL[i]
+        mine = np.flatnonzero(owner == i)
+        sub = tree.data[mine]
+        chord = np.linalg.norm(q[:, None, :] - sub[None, :, :], axis=2)
+        nearest = np.argmin(chord, axis=1)
+        sep = np.degrees(2 * np.arcsin(np.clip(chord[np.arange(len(q)), nearest] / 2, 0, 1)))
+        limit = max(MATCH_MIN_DEG, MATCH_WIDTHS * s.width_deg)
+        close = sep <= limit
+        if close.mean() < 0.5 or sep[close].mean() > limit:
+            continue
+        pm_sep = None
+        if pmra is not None and s.has_pm:
+            d = np.hypot(np.asarray(pmra)[close] - pms[mine[nearest[close]], 0],
+                         np.asarray(pmdec)[close] - pms[mine[nearest[close]], 1])
+            pm_sep = float(np.median(d))
+            if pm_sep > MATCH_PM:
+                continue
+        cand = {"key": s.key, "name": s.name, "separation_deg": round(float(sep[close].mean()),
+                                                                        3),
+                "pm_separation_mas_yr": None if pm_sep is None else round(pm_sep, 3),
+                "overlap_fraction": round(float(close.mean()), 3)}
+        if best is None or cand["separation_deg"] < best["separation_deg"]:
+            best = cand
+    return best

@@ -156,6 +156,10 @@ class Injection:
         Relative line-of-sight depth (Gaussian sigma of distance / track distance).
     clumpiness : float
         Amplitude (0-1) of the density variations along the track (gaps and over-densities).
+    tilt_deg : float
+        Rotate the injected stream by this angle about its midpoint in the registry frame
+        (phi2 gains tan(tilt) x (phi1 - mid)): a stream whose true pole is that far from the
+        registry's, to test frame robustness.
     """
 
     stream: object
@@ -164,6 +168,7 @@ class Injection:
     velocity_dispersion_kms: float = 4.0
     depth_fraction: float = 0.03
     clumpiness: float = 0.6
+    tilt_deg: float = 0.0
 
 
 def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
@@ -192,7 +197,8 @@ def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
         phi1 = np.concatenate([phi1, cand[acc]])
     phi1 = phi1[:n]
     width = inj.width_deg if inj.width_deg is not None else info.width_deg
-    phi2 = np.interp(phi1, t["phi1"], t["phi2"]) + rng.normal(0, width, n)
+    phi2 = np.interp(phi1, t["phi1"], t["phi2"]) + rng.normal(0, width, n) + np.tan(
+        np.radians(inj.tilt_deg)) * (phi1 - 0.5 * (lo + hi))
     dist_track = t["distance_kpc"]
     ok = np.isfinite(dist_track) & (dist_track > 0)
     dist0 = (np.interp(phi1, t["phi1"][ok], dist_track[ok]) if ok.sum() >= 2

@@ -245,7 +245,9 @@ class Driver:
                              n_neighbors=spec.n_neighbors,
                              sigma_threshold=spec.sigma_threshold, input_path=input_path,
                              out_dir=str(out), seed=spec.seed, n_background=spec.n_background,
-                             n_stream=spec.n_stream, shards=spec.shards, columns=spec.columns)
+                             n_stream=spec.n_stream, shards=spec.shards, columns=spec.columns,
+                             member_probability=spec.member_probability,
+                             photometry=spec.photometry)
 
     # ------------------------------------------------------------------ housekeeping
     def _drain(self) -> None:

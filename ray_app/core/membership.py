@@ -1,0 +1,399 @@
+"""Membership probabilities of a candidate: a stream + field mixture seeded by its core.
+
+The persistence core (``members.core_members``) is the densest lump of a stream. An astronomer
+wants every star that is more likely the stream's than the field's, so each candidate gets a
+two-component mixture model in (phi1, phi2, pm_phi1_cosphi2, pm_phi2, parallax), fitted by a
+few EM iterations starting from the core:
+
+**Stream** ``s(x) = rho(phi1) * prod_j N(x_j - t_j(phi1); 0, w_j^2 + e_ij^2)``
+    ``t_j`` is the track (``tracks.fit_track``: weighted medians in ~3 deg phi1 bins, so a
+    field star that a weighted fit still holds cannot drag it); ``w_j`` the intrinsic width
+    of feature j (weighted 1.4826 MAD of the residuals with the median measurement error
+    removed in quadrature, floored at :data:`WIDTH_FLOOR` and capped at
+    :data:`MAX_WIDTH_GROWTH` x the core's own spread, so the stream cannot swallow the
+    field); ``e_ij`` the star's measurement error where the catalogue has error columns;
+    ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow
+    by :data:`GROW_DEG` beyond the current members per iteration, so a long stream is
+    followed out of its core).
+**Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab)``
+    ``h``: the smoothed sky histogram of the non-members; ``q``: the non-members' kNN
+    density in the kinematic space (k = :data:`FIELD_K`, each axis scaled by the field's own
+    robust spread) within ~10 deg phi1 slabs, so the field's proper-motion gradients along a
+    long footprint are followed.
+**Photometry** (optional) multiplies both by a colour-magnitude density learnt from the data:
+    the stream's is a weighted, Gaussian-smoothed histogram of its members (plus 5 % of the
+    field's, so a member off the learnt locus is down-weighted, not excluded); the field's,
+    of the control stars. While fitting, stars without photometry get a ratio of 1; at the
+    end they get probability 0: a photometric filter a star cannot be put through is not
+    passed (a member list that claims photometric vetting holds no unvetted star).
+
+``p = f s / (f s + (1 - f) b)``, with the mixture fraction ``f`` re-estimated each iteration.
+Every density is normalised over the job's stars, so the ratio is a likelihood ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.spatial import cKDTree
+from scipy.special import gammaln
+
+from .tracks import TRACK_FEATURES, Track, fit_track
+
+#: Default ``memberProbability``: members are the stars more likely stream than field.
+DEFAULT_MEMBER_PROBABILITY = 0.5
+#: EM iterations (the fit settles in 4-6 on synthetic and real fields).
+N_ITERATIONS = 8
+#: Smallest intrinsic width per feature (deg, mas/yr, mas): a stream is never a line.
+WIDTH_FLOOR = {"phi2": 0.05, "pm_phi1_cosphi2": 0.05, "pm_phi2": 0.05, "parallax": 0.02}
+#: An intrinsic width may grow to at most this multiple of the core's spread (the core is
+#: cut at its saddle density, so it under-states the width; the cap keeps the field out).
+MAX_WIDTH_GROWTH = 2.5
+#: Per iteration, the stream's phi1 extent may grow by this much beyond its members (deg).
+GROW_DEG = 4.0
+#: The field is learnt from control stars farther than max(CONTROL_MIN_DEG, CONTROL_WIDTHS x
+#: the stream's phi2 width) from the track.
+CONTROL_MIN_DEG = 1.0
+CONTROL_WIDTHS = 4.0
+#: Neighbours of the field's kinematic kNN density.
+FIELD_K = 24
+#: Sky histogram of the field: bin sizes (deg) in phi1 and phi2.
+SKY_BINS_DEG = (5.0, 0.5)
+#: Colour-magnitude histograms: bin sizes and Gaussian smoothing (mag) in colour, magnitude.
+CMD_BIN = (0.02, 0.1)
+CMD_SMOOTH = (0.04, 0.25)
+#: Share of the field's colour-magnitude density mixed into the stream's.
+CMD_FLOOR = 0.05
+
+
+def validate_member_probability(value) -> float:
+    """``memberProbability`` as a float in (0, 1], or ``ValueError`` naming what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(
+            value) or not 0 < value <= 1:
+        raise ValueError(f"memberProbability must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Membership:
+    """Result of :func:`membership_probabilities`.
+
+    Attributes
+    ----------
+    probability : (n,) ndarray
+        Stream membership probability of every star of the job.
+    track : Track
+        The fitted track (absolute frame values) with intrinsic widths.
+    widths : dict
+        Intrinsic width per feature (deg, mas/yr, mas).
+    fraction : float
+        Fitted stream fraction of the job's stars.
+    phi1_range : (float, float)
+        phi1 extent of the stars with probability >= 0.5 (deg).
+    iterations : int
+    photometry : bool
+        Whether a colour-magnitude term was used.
+    """
+
+    probability: np.ndarray
+    track: Track | None
+    widths: dict = field(default_factory=dict)
+    fraction: float = 0.0
+    phi1_range: tuple = (np.nan, np.nan)
+    iterations: int = 0
+    photometry: bool = False
+
+
+def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = None,
+                             photometry: tuple | None = None, base_track: Track | None = None,
+                             n_iter: int = N_ITERATIONS) -> Membership:
+    """Membership probability of every star for the candidate whose core is ``core``.
+
+    Parameters
+    ----------
+    raw : dict
+        ``phi1`` and :data:`~ray_app.core.tracks.TRACK_FEATURES` arrays of the job's stars
+        (deg, mas/yr, mas), in the job's frame.
+    core : int array
+        Indices of the candidate's persistence core (the seed).
+    errors : dict, optional
+        Per-star 1-sigma errors by feature name (missing features: 0).
+    photometry : (magnitude, colour) arrays, optional
+        NaN where a star has none.
+    base_track : Track, optional
+        A track the stream is expected to follow (the detection track of a named stream):
+        the fit is made to the residuals about it, so the model follows a curved stream with
+        few parameters. ``None``: fit the raw features. Beyond the members the residual
+        track is held flat.
+    n_iter : int
+        EM iterations.
+
+    Returns
+    -------
+    Membership
+        A core of fewer than 8 stars cannot constrain a track: the core gets probability 1,
+        every other star 0, and ``track`` is None.
+    """
+    phi1 = np.asarray(raw["phi1"], dtype=np.float64)
+    n = len(phi1)
+    core = np.asarray(core, dtype=np.int64)
+    p = np.zeros(n)
+    p[core] = 1.0
+    if len(core) < 8:
+        return Membership(p, None, iterations=0)
+    resid_base = {name: np.asarray(raw[name], dtype=np.float64)
+                  - (base_track.at(phi1, name) if base_track is not None else 0.0)
+                  for name in TRACK_FEATURES}
+    err2 = {name: np.square(np.nan_to_num(np.asarray(errors[name], dtype=np.float64)))
+            if errors and name in errors else np.zeros(n) for name in TRACK_FEATURES}
+    core_spread = {name: max(_spread(resid_base[name][core] - np.median(
+        resid_base[name][core])), WIDTH_FLOOR[name]) for name in TRACK_FEATURES}
+    field_kin = _field_scales(raw)
+    cmd = _cmd_arrays(photometry, n)
+
+    lo, hi = float(phi1[core].min()), float(phi1[core].max())
+    if base_track is not None:  # a named stream is expected along its whole registry track
+        lo, hi = min(lo, float(base_track.phi1[0])), max(hi, float(base_track.phi1[-1]))
+    frac = len(core) / n
+    track = None
+    widths = {}
+    iterations = 0
+    for it in range(1, n_iter + 1):
+        iterations = it
+        w = p
+        try:
+            track = fit_track(phi1, resid_base, w, source="membership fit")
+        except ValueError:  # the stream faded below a track's worth of stars: keep the last
+            break
+        resid = {name: resid_base[name] - _flat(track, phi1, name) for name in TRACK_FEATURES}
+        widths = {}
+        log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
+        for name in TRACK_FEATURES:
+            if it == 1:
+                # start wide and let EM contract: started from the core's own (density-cut)
+                # spread, EM settles on the core's lump instead of the stream
+                widths[name] = MAX_WIDTH_GROWTH * core_spread[name]
+            else:
+                spread = _spread(resid[name], w)
+                med_err2 = float(np.median(err2[name][w >= 0.5])) if np.any(w >= 0.5) else 0.
+                intrinsic = np.sqrt(max(spread ** 2 - med_err2, 0.0))
+                widths[name] = float(np.clip(intrinsic, WIDTH_FLOOR[name],
+                                             MAX_WIDTH_GROWTH * core_spread[name]))
+            var = widths[name] ** 2 + err2[name]
+            log_s += -0.5 * resid[name] ** 2 / var - 0.5 * np.log(2 * np.pi * var)
+        # the field is learnt off the track (a control region), never from the stars the
+        # model currently calls non-members: that circularity lets EM run away either way
+        band = max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"])
+        control = np.abs(resid["phi2"]) > band
+        if control.sum() < 50:  # a footprint too narrow for a control region
+            control = w < 0.5
+        log_b = _log_sky(raw, resid["phi2"], band, control) + _log_kinematics(
+            raw, control, field_kin)
+        if cmd is not None:
+            cs, cb = _log_cmd(cmd, w, control)
+            log_s += cs
+            log_b += cb
+        frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
+        logit = np.log(frac) + log_s - np.log1p(-frac) - log_b
+        p_new = 1.0 / (1.0 + np.exp(-np.clip(logit, -700, 700)))
+        members = p_new >= 0.5
+        if members.any():
+            lo = min(lo, float(phi1[members].min()))
+            hi = max(hi, float(phi1[members].max()))
+        converged = np.max(np.abs(p_new - p)) < 1e-3
+        p = p_new
+        if converged:
+            break
+    if cmd is not None:
+        # a photometric filter that a star cannot be put through does not pass it: a member
+        # list that claims photometric vetting holds no unvetted star
+        p = np.where(cmd[2], p, 0.0)
+    final = _absolute_track(track, base_track, widths, phi1[p >= 0.5] if np.any(p >= 0.5)
+                            else phi1[core])
+    sel = p >= 0.5
+    rng = (float(phi1[sel].min()), float(phi1[sel].max())) if sel.any() else (np.nan, np.nan)
+    return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None)
+
+
+# ----------------------------------------------------------------------------- pieces
+def _spread(v, w=None) -> float:
+    """Weighted 1.4826 x MAD about the weighted median."""
+    v = np.asarray(v, dtype=np.float64)
+    w = np.ones_like(v) if w is None else np.asarray(w, dtype=np.float64)
+    ok = np.isfinite(v) & (w > 0)
+    if not ok.any():
+        return 0.0
+    v, w = v[ok], w[ok]
+    med = _wmedian(v, w)
+    return 1.4826 * _wmedian(np.abs(v - med), w)
+
+
+def _wmedian(v, w) -> float:
+    o = np.argsort(v, kind="stable")
+    c = np.cumsum(w[o])
+    return float(v[o][min(int(np.searchsorted(c, 0.5 * c[-1])), len(v) - 1)])
+
+
+def _flat(track: Track, phi1, name) -> np.ndarray:
+    """The residual track, held flat beyond its end nodes (no extrapolated slope)."""
+    vals = track.values.get(name)
+    if vals is None or not np.any(np.isfinite(vals)):
+        return np.zeros_like(phi1)
+    ok = np.isfinite(vals)
+    return np.interp(phi1, track.phi1[ok], vals[ok])
+
+
+def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
+    """log density along phi1 of the stream (per deg): half uniform over [lo, hi], half the
+    members' smoothed histogram, zero outside. The uniform half lets a long stream be
+    followed beyond its core's lump; the histogram half follows its gaps and ends."""
+    lo, hi = max(lo, float(phi1.min())), min(hi, float(phi1.max()))
+    edges = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + bin_deg, bin_deg)
+    if len(edges) < 2:
+        edges = np.array([phi1.min() - 1, phi1.max() + 1])
+    hist, _ = np.histogram(phi1, bins=edges, weights=w)
+    hist = gaussian_filter(hist.astype(float), 2.0, mode="constant")
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    inside = (centres >= lo - 0.5 * bin_deg) & (centres <= hi + 0.5 * bin_deg)
+    hist = np.where(inside, hist, 0.0)
+    dens = 0.5 * hist / max(hist.sum() * bin_deg, 1e-300) + 0.5 * inside / max(
+        inside.sum() * bin_deg, 1e-300)
+    idx = np.clip(np.searchsorted(edges, phi1, side="right") - 1, 0, len(hist) - 1)
+    with np.errstate(divide="ignore"):
+        return np.log(dens[idx])
+
+
+def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
+    """log field density on the sky (per deg^2): the control stars' smoothed histogram, with
+    the track's band (|phi2 - track| < band) filled in from both sides (normalised
+    convolution), normalised over the footprint."""
+    phi1, phi2 = raw["phi1"], raw["phi2"]
+    b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + SKY_BINS_DEG[0],
+                   SKY_BINS_DEG[0])
+    b2 = np.arange(np.floor(phi2.min()), np.ceil(phi2.max()) + SKY_BINS_DEG[1],
+                   SKY_BINS_DEG[1])
+    if len(b1) < 2:
+        b1 = np.array([phi1.min() - 1, phi1.max() + 1])
+    if len(b2) < 2:
+        b2 = np.array([phi2.min() - 1, phi2.max() + 1])
+    h, _, _ = np.histogram2d(phi1[control], phi2[control], bins=(b1, b2))
+    # bins inside the band: where the control stars are not counted
+    i = np.clip(np.searchsorted(b1, phi1, side="right") - 1, 0, h.shape[0] - 1)
+    j = np.clip(np.searchsorted(b2, phi2, side="right") - 1, 0, h.shape[1] - 1)
+    offset = np.zeros(h.shape)
+    np.add.at(offset, (i, j), phi2 - resid_phi2)  # track phi2 at each star, summed per bin
+    count = np.zeros(h.shape)
+    np.add.at(count, (i, j), 1.0)
+    c2 = 0.5 * (b2[:-1] + b2[1:])
+    track_row = np.nanmedian(np.where(count > 0, offset / np.maximum(count, 1), np.nan), axis=1)
+    track_row = np.where(np.isfinite(track_row), track_row, np.nanmedian(phi2 - resid_phi2))
+    mask = (np.abs(c2[None, :] - track_row[:, None]) > band).astype(float)
+    smooth = (1.0, 2.0)
+    num = gaussian_filter(h * mask, smooth, mode="nearest")
+    den = gaussian_filter(mask, smooth, mode="nearest")
+    filled = np.where(mask > 0, h, num / np.maximum(den, 1e-9))
+    filled = np.where(count > 0, filled, 0.0)  # outside the footprint: no field
+    filled = gaussian_filter(filled, smooth, mode="nearest")
+    area = SKY_BINS_DEG[0] * SKY_BINS_DEG[1]
+    dens = filled / max(filled.sum(), 1e-300) / area
+    floor = 0.01 / ((b1[-1] - b1[0]) * (b2[-1] - b2[0]))
+    return np.log(np.maximum(dens[i, j], floor))
+
+
+KIN = ("pm_phi1_cosphi2", "pm_phi2", "parallax")
+
+
+def _field_scales(raw) -> np.ndarray:
+    return np.array([max(_spread(raw[name]), 1e-3) for name in KIN])
+
+
+def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray,
+                    slab_deg: float = 10.0, min_stars: int = 200) -> np.ndarray:
+    """log kNN density of the reference (field) stars in (pm1, pm2, parallax), per slab."""
+    phi1 = raw["phi1"]
+    Y = np.column_stack([raw[name] for name in KIN]) / scales
+    out = np.empty(len(phi1))
+    order = np.argsort(phi1, kind="stable")
+    # slabs of ~slab_deg with at least min_stars reference stars (merged when sparse)
+    edges = [0]
+    ref_sorted = reference[order]
+    cum = np.concatenate([[0], np.cumsum(ref_sorted)])
+    p_sorted = phi1[order]
+    start = 0
+    while start < len(order):
+        end = int(np.searchsorted(p_sorted, p_sorted[start] + slab_deg, side="left"))
+        end = max(end, start + 1)
+        while end < len(order) and cum[end] - cum[start] < min_stars:
+            end += 1
+        if cum[-1] - cum[end] < min_stars:
+            end = len(order)
+        edges.append(end)
+        start = end
+    log_v3 = 1.5 * np.log(np.pi) - gammaln(2.5)
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        rows = order[a:b]
+        ref = rows[reference[rows]]
+        if len(ref) < 2:
+            ref = rows
+        k = min(FIELD_K, len(ref) - 1)
+        tree = cKDTree(Y[ref])
+        dist, _ = tree.query(Y[rows], k=k + 1)
+        dist = dist.reshape(len(rows), k + 1)
+        # a reference star finds itself first: its k-th neighbour is one further out
+        rk = np.where(reference[rows], dist[:, k], dist[:, k - 1])
+        rk = np.maximum(rk, 1e-6)
+        out[rows] = np.log(k) - np.log(len(ref)) - log_v3 - 3 * np.log(rk)
+    return out - np.sum(np.log(scales))
+
+
+def _cmd_arrays(photometry, n):
+    if photometry is None:
+        return None
+    mag, colour = (np.asarray(a, dtype=np.float64) for a in photometry)
+    ok = np.isfinite(mag) & np.isfinite(colour)
+    if ok.sum() < 50:
+        return None
+    return mag, colour, ok
+
+
+def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
+    """log colour-magnitude densities of the stream (weights w) and the field (the control
+    stars)."""
+    mag, colour, ok = cmd
+    c_edges = np.arange(np.nanmin(colour[ok]) - 0.1, np.nanmax(colour[ok]) + 0.1 + CMD_BIN[0],
+                        CMD_BIN[0])
+    m_edges = np.arange(np.nanmin(mag[ok]) - 0.5, np.nanmax(mag[ok]) + 0.5 + CMD_BIN[1],
+                        CMD_BIN[1])
+    sigma = (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1])
+
+    def density(weights):
+        h, _, _ = np.histogram2d(colour[ok], mag[ok], bins=(c_edges, m_edges),
+                                 weights=weights[ok])
+        h = gaussian_filter(h, sigma, mode="constant")
+        return h / max(h.sum(), 1e-300)
+
+    field_h = density(control.astype(float))
+    stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
+    i = np.clip(np.searchsorted(c_edges, colour, side="right") - 1, 0, field_h.shape[0] - 1)
+    j = np.clip(np.searchsorted(m_edges, mag, side="right") - 1, 0, field_h.shape[1] - 1)
+    tiny = 1e-12
+    ls = np.where(ok, np.log(np.maximum(stream_h[i, j], tiny)), 0.0)
+    lb = np.where(ok, np.log(np.maximum(field_h[i, j], tiny)), 0.0)
+    return ls, lb
+
+
+def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
+                    step_deg: float = 1.5) -> Track:
+    """The fitted track in absolute frame values, sampled over the members' phi1 extent."""
+    lo, hi = float(np.min(member_phi1)), float(np.max(member_phi1))
+    grid = np.linspace(lo, hi, max(int(np.ceil((hi - lo) / step_deg)) + 1, 2)) if hi > lo \
+        else np.array([lo])
+    values, wid = {}, {}
+    for name in TRACK_FEATURES:
+        values[name] = _flat(resid, grid, name) + (base.at(grid, name) if base is not None
+                                                   else 0.0)
+        wid[name] = np.full(len(grid), widths.get(name, np.nan))
+    return Track(grid, values, wid, source="membership fit" + (
+        f" about {base.source}" if base is not None else ""))

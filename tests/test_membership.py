@@ -1,0 +1,105 @@
+"""Membership probabilities: a stream + field mixture grown from a persistence core."""
+
+import numpy as np
+import pytest
+
+from ray_app.core.features import stream_features
+from ray_app.core.membership import membership_probabilities, validate_member_probability
+from ray_app.data.catalogue import CatalogueError, parse_photometry, photometry_columns
+from ray_app.data.registry import get_stream
+from ray_app.data.synthetic import Injection, synthetic_sky
+from ray_app.io.outputs import merge_columns
+from ray_app.runner import feature_errors
+
+
+@pytest.fixture(scope="module")
+def sky():
+    gd1 = get_stream("gd-1")
+    cols = synthetic_sky(gd1.footprint, 12000, [Injection(gd1, 500)], seed=7,
+                         cuts=gd1.default_cuts)
+    raw, _ = stream_features(gd1.frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"],
+                             cols["parallax"])
+    return gd1, cols, raw
+
+
+def _lump_core(raw, truth, rng):
+    """A core like persistence gives: the stream's densest stretch plus some field."""
+    lump = np.flatnonzero(truth & (raw["phi1"] > -45) & (raw["phi1"] < -30))
+    near = np.flatnonzero(~truth & (raw["phi1"] > -45) & (raw["phi1"] < -30)
+                          & (np.abs(raw["phi2"]) < 0.5))
+    return np.union1d(lump, rng.choice(near, size=min(len(near), len(lump) // 5),
+                                       replace=False))
+
+
+def _scores(p, truth, threshold=0.5):
+    sel = p >= threshold
+    tp = np.sum(sel & truth)
+    return tp / max(sel.sum(), 1), tp / truth.sum()
+
+
+@pytest.mark.parametrize("use_photometry", [False, True])
+def test_members_grow_from_a_lump_to_the_stream(sky, rng, use_photometry):
+    gd1, cols, raw = sky
+    truth = cols["is_stream"]
+    core = _lump_core(raw, truth, rng)
+    core_precision, core_recall = _scores(np.isin(np.arange(len(truth)), core), truth)
+    phot = (cols["phot_g_mean_mag"], cols["bp_rp"]) if use_photometry else None
+    m = membership_probabilities(raw, core, feature_errors(cols), phot,
+                                 base_track=gd1.detection_track)
+    precision, recall = _scores(m.probability, truth)
+    assert core_recall < 0.5  # the seed is a lump...
+    assert recall > 0.85 and precision > 0.85, (precision, recall)  # ...the members a stream
+    assert m.photometry is use_photometry
+    assert m.phi1_range[1] - m.phi1_range[0] > 60
+    assert 0.1 < m.widths["phi2"] < 0.4  # injected at the registry width, 0.2 deg
+    assert m.track.points()[0]["phi1"] == pytest.approx(m.phi1_range[0], abs=1e-3)
+
+
+def test_stars_without_photometry_are_not_members(sky, rng):
+    gd1, cols, raw = sky
+    truth = cols["is_stream"]
+    g = cols["phot_g_mean_mag"].copy()
+    g[::3] = np.nan
+    m = membership_probabilities(raw, _lump_core(raw, truth, rng), feature_errors(cols),
+                                 (g, cols["bp_rp"]), base_track=gd1.detection_track)
+    assert np.all(m.probability[np.isnan(g)] == 0)
+    assert np.sum(m.probability[truth & np.isfinite(g)] >= 0.5) > 0.8 * np.sum(
+        truth & np.isfinite(g))
+
+
+def test_a_tiny_core_is_kept_as_it_is(sky):
+    _, _, raw = sky
+    m = membership_probabilities(raw, np.array([3, 5, 8]))
+    assert m.track is None and set(np.flatnonzero(m.probability)) == {3, 5, 8}
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01, float("nan"), "0.5", True])
+def test_member_probability_validation(value):
+    with pytest.raises(ValueError, match=r"memberProbability must be a number in \(0, 1\]"):
+        validate_member_probability(value)
+
+
+def test_photometry_spec_and_columns():
+    cols = {"g": np.array([19.0, 20.0]), "i": np.array([18.5, 19.2]),
+            "phot_g_mean_mag": np.array([18.0, 19.0]), "bp_rp": np.array([0.6, 0.8])}
+    spec = parse_photometry("g,g-i")
+    mag, colour, desc = photometry_columns(cols, spec)
+    assert np.allclose(colour, [0.5, 0.8]) and desc == {"magnitude": "g", "colour": "g-i"}
+    mag, colour, desc = photometry_columns(cols, None)  # Gaia's G and BP-RP by default
+    assert desc["colour"] == "bp_rp"
+    assert photometry_columns(cols, parse_photometry("none")) is None
+    assert photometry_columns({"g": cols["g"]}, None) is None
+    assert parse_photometry({"magnitude": "g", "colour": "bp_rp"})["colour"] == "bp_rp"
+    for bad in ("g", "g,", "g,a-b-c", {"magnitude": "g"}, 5):
+        with pytest.raises(ValueError, match="photometry"):
+            parse_photometry(bad)
+    with pytest.raises(CatalogueError, match="'r'"):
+        photometry_columns(cols, parse_photometry("r,g-i"))
+
+
+def test_input_columns_are_never_overwritten():
+    merged, renamed = merge_columns({"phi1": [1], "ra": [2], "input_phi1": [3]},
+                                    {"phi1": [9], "candidate": [0]})
+    assert merged["phi1"] == [9] and merged["input_input_phi1"] == [1]
+    assert merged["input_phi1"] == [3] and merged["ra"] == [2]
+    assert renamed == {"phi1": "input_input_phi1"}

@@ -1,0 +1,84 @@
+"""Tracks, track-relative features, per-stream scales, tilted frames and registry matching."""
+
+import numpy as np
+import pytest
+
+from ray_app.core.recovery import Candidate, merge_searches
+from ray_app.core.tracks import Track, fit_track, relative_features
+from ray_app.data.registry import get_stream, match_track
+
+
+def test_fit_track_follows_a_curved_stream_despite_outliers(rng):
+    n = 1500
+    phi1 = rng.uniform(-30, 30, n)
+    truth = {"phi2": 0.004 * phi1 ** 2 - 1.0, "pm_phi1_cosphi2": -5 + 0.05 * phi1,
+             "pm_phi2": np.full(n, 1.0), "parallax": np.full(n, 0.1)}
+    feats = {k: v + rng.normal(0, 0.2, n) for k, v in truth.items()}
+    bad = rng.random(n) < 0.2  # a fifth of the stars are field, far off the track
+    feats["phi2"][bad] += rng.uniform(-5, 5, bad.sum())
+    track = fit_track(phi1, feats)
+    grid = np.linspace(-25, 25, 11)
+    assert np.max(np.abs(track.at(grid, "phi2") - (0.004 * grid ** 2 - 1.0))) < 0.15
+    assert np.max(np.abs(track.at(grid, "pm_phi1_cosphi2") - (-5 + 0.05 * grid))) < 0.1
+    assert np.allclose(np.median(track.width_at(grid, "pm_phi2")), 0.2, atol=0.05)
+
+
+def test_track_extends_along_its_ends_and_tilts():
+    t = Track(np.array([0.0, 5.0, 10.0]), {"phi2": np.array([0.0, 0.5, 1.0])})
+    assert np.allclose(t.at(np.array([-10.0, 20.0]), "phi2"), [-1.0, 2.0])
+    assert np.allclose(t.at(3.0, "pm_phi2"), 0.0)  # a feature it does not describe
+    tilted = t.tilted(45.0)
+    assert np.allclose(tilted.at(np.array([0.0, 5.0, 10.0]), "phi2"), [-5.0, 0.5, 6.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Track(np.array([1.0, 1.0]), {"phi2": np.array([0.0, 0.0])})
+    with pytest.raises(ValueError, match="unknown track feature"):
+        Track(np.array([0.0]), {"ra": np.array([0.0])})
+
+
+def test_relative_features_subtract_the_registry_track():
+    gd1 = get_stream("gd-1")
+    track = gd1.detection_track
+    assert set(track.values) == {"phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax"}
+    phi1 = np.linspace(-60, -10, 6)
+    raw = {"phi1": phi1, **{n: track.at(phi1, n) + 0.1 for n in track.values}}
+    rel = relative_features(raw, track)
+    for name in track.values:
+        assert np.allclose(rel[name], 0.1)
+    assert rel["phi1"] is raw["phi1"]
+    # parallax track is 1 / distance: GD-1 at ~8-10 kpc
+    assert 0.07 < float(np.median(track.values["parallax"])) < 0.15
+
+
+def test_per_stream_scales_follow_the_registry_widths():
+    gd1, orphan = get_stream("gd-1").feature_scales(), get_stream("orphan-chenab").feature_scales()
+    assert gd1.phi2 == pytest.approx(0.3) and gd1.pm_phi1_cosphi2 == pytest.approx(0.3)
+    assert orphan.phi2 == pytest.approx(0.9)  # 1.5 x its 0.6 deg width
+    assert orphan.pm_phi1_cosphi2 > gd1.pm_phi1_cosphi2  # published pm dispersion added
+
+
+def _cand(index, sigma, members):
+    return Candidate(index, sigma, 0.0, -1.0, int(members[0]), int(members[-1]), False,
+                     np.asarray(members))
+
+
+def test_merge_searches_keeps_one_candidate_per_structure():
+    a = [_cand(0, 6.0, np.arange(0, 100))]
+    b = [_cand(0, 7.0, np.arange(20, 110)), _cand(1, 5.5, np.arange(500, 540))]
+    merged = merge_searches([a, b])
+    assert [(s, c.significance, c.index) for s, c in merged] == [(1, 7.0, 0), (1, 5.5, 1)]
+
+
+def test_registry_match_names_the_stream_and_only_it():
+    from ray_app.core.frames import frame_to_icrs
+
+    s = get_stream("gd-1")
+    t = s.track_frame
+    sl = slice(10, 40)
+    ra, dec, pmra, pmdec = frame_to_icrs(s.frame, t["phi1"][sl], t["phi2"][sl] + 0.3,
+                                         t["pm_phi1_cosphi2"][sl], t["pm_phi2"][sl])
+    hit = match_track(ra, dec, pmra, pmdec)
+    assert hit["key"] == "gd-1" and hit["separation_deg"] < 0.5
+    assert match_track(ra + 40, dec, pmra, pmdec) is None  # nowhere near a known stream
+    wrong_motion = match_track(ra, dec, pmra + 5, pmdec)  # GD-1's place, another motion
+    assert wrong_motion is None or (wrong_motion["key"] != "gd-1"
+                                    and wrong_motion["pm_separation_mas_yr"] is None)
