@@ -5,53 +5,26 @@
                              "BUCKET_NAME": "...", "RAY_JOB_STOP_WAIT_TIME_S": "150"}}' \
         -- python jobs/consume.py
 
-Configuration (environment): QUEUE_URL, TABLE_NAME, BUCKET_NAME (required on the cluster);
-RAY_APP_CAPACITY (jobs in flight, default 2), RAY_APP_WAIT_S (long poll, 20),
-RAY_APP_VISIBILITY_S (120), RAY_APP_HEARTBEAT_S (30), RAY_APP_LEASE_S (120),
-RAY_APP_DRAIN_S (drain bound on SIGTERM, 120; keep RAY_JOB_STOP_WAIT_TIME_S above it),
-RAY_APP_BACKOFF_S (10), RAY_APP_ENGINE (ray | in-process), RAY_APP_MAX_ACTORS,
-RAY_APP_GPUS_PER_ACTOR (1 on the GPU cluster: it starts with no GPU node).
+Configuration (environment): QUEUE_URL, TABLE_NAME, BUCKET_NAME (required on the cluster;
+without them the embedded local mode's queue, status store and results under RAY_APP_HOME);
+RAY_APP_ENGINE (ray | in-process), RAY_APP_EXIT_AFTER_IDLE_POLLS, and the driver settings of
+``ray_app.service.consume`` (RAY_APP_CAPACITY, RAY_APP_WAIT_S, RAY_APP_VISIBILITY_S,
+RAY_APP_HEARTBEAT_S, RAY_APP_LEASE_S, RAY_APP_DRAIN_S: keep RAY_JOB_STOP_WAIT_TIME_S above
+it, RAY_APP_BACKOFF_S, RAY_APP_MAX_ACTORS, RAY_APP_GPUS_PER_ACTOR: 1 on the GPU cluster).
+The same driver runs locally as `ray-app consume`.
 """
 
 import logging
 import os
-import signal
 import sys
 
-from ray_app.engine.driver import Driver, DriverConfig
-from ray_app.engine.engines import default_engine
-from ray_app.service import service_from_env
-
-
-def _env(name, default, cast=float):
-    return cast(os.environ.get(name, default))
+from ray_app.service import consume
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    service = service_from_env()
-    if service.queue is None:
-        print("consume: QUEUE_URL is not set", file=sys.stderr)
-        return 2
-    config = DriverConfig(capacity=_env("RAY_APP_CAPACITY", 2, int),
-                          wait_s=_env("RAY_APP_WAIT_S", 20, int),
-                          visibility_s=_env("RAY_APP_VISIBILITY_S", 120, int),
-                          heartbeat_s=_env("RAY_APP_HEARTBEAT_S", 30),
-                          lease_s=_env("RAY_APP_LEASE_S", 120),
-                          drain_s=_env("RAY_APP_DRAIN_S", 120),
-                          backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
-                          sweep_s=_env("RAY_APP_SWEEP_S", 60))
-    engine = default_engine("ray")  # ray.init happens here ...
-    driver = Driver(service.queue, service.status, service.results, engine, config)
-    signal.signal(signal.SIGTERM, driver.stop)  # ... so our handler is installed after it
-    signal.signal(signal.SIGINT, driver.stop)
-    logging.info("driver %s consuming %s (%s mode)", driver.driver_id, service.queue.url,
-                 service.mode)
     idle = os.environ.get("RAY_APP_EXIT_AFTER_IDLE_POLLS")
-    rc = driver.run(max_idle_polls=int(idle) if idle else None)
-    logging.info("driver %s stopped: %s", driver.driver_id, driver.stats)
-    engine.close()
-    return rc
+    return consume(os.environ.get("RAY_APP_ENGINE", "ray"), int(idle) if idle else None)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The ``ray-app`` command.
 
-Exit codes: 0 success; 2 bad input (the message names the field, the value and what is
-allowed; nothing is written); 1 any other failure.
+Exit codes: 0 success; 1 the job ran and failed (``status`` of a FAILED job too); 2 bad input
+(one line naming the field, the value and what is allowed; nothing is written or recorded);
+3 a service is unavailable (AWS endpoint, credentials, the Gaia archive: one line saying what
+failed, what was tried and what to do); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from .core.membership import DEFAULT_MEMBER_PROBABILITY
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
 
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
 
 
 def _number(text: str):
@@ -35,15 +39,44 @@ def _number(text: str):
             return text
 
 
-def _progress_printer(stream=sys.stderr):
-    def show(pct: int, stage: str) -> None:
-        bar = "#" * (pct // 5)
-        stream.write(f"\r[{bar:<20}] {pct:3d}% {stage:<12}")
-        if pct >= 100:
-            stream.write("\n")
-        stream.flush()
+class _Progress:
+    """A job's progress: a tqdm bar on a terminal; one plain line per stage otherwise (no
+    carriage returns in logs or pipes)."""
 
-    return show
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.stage = None
+        self.bar = None
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+
+    def _bar(self):
+        if self.bar is None and self.tty:  # made at the first stage, after Ray's start-up
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, file=self.stream, dynamic_ncols=True, leave=True,
+                            bar_format="{desc:<11}{percentage:3.0f}%|{bar}| [{elapsed}]")
+        return self.bar
+
+    def note(self, text: str) -> None:
+        """A line of its own (above the bar on a terminal)."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def __call__(self, pct: int, stage: str) -> None:
+        if self._bar() is not None:
+            if stage != self.stage:
+                self.bar.set_description_str(stage)
+            self.bar.update(max(pct - self.bar.n, 0))
+        elif stage != self.stage:
+            self.note(f"[{pct:3d}%] {stage}")
+        self.stage = stage
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _region_arg(text):
@@ -91,8 +124,13 @@ def cmd_recover(args) -> int:
     from .engine.engines import default_engine
     from .runner import run_recovery
 
+    printer = _Progress()
+    if args.engine == "ray":  # Ray takes ~10 s to start: say so instead of a silent wait
+        printer.note("starting a local Ray instance (about 10 s; --engine in-process runs "
+                     "without Ray)...")
     engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
-                                             "max_actors": args.max_actors}
+                                             "max_actors": args.max_actors,
+                                             "log_to_driver": False}
                                             if args.engine == "ray" else {}))
     status = SqliteStatusStore(local_home() / "status.db")  # embedded local mode
     try:
@@ -102,8 +140,8 @@ def cmd_recover(args) -> int:
                              args.input or "synthetic"})
     except BaseException:
         engine.close()
+        printer.close()
         raise
-    printer = _progress_printer()
 
     def progress(pct: int, stage: str) -> None:
         printer(pct, stage)
@@ -115,6 +153,7 @@ def cmd_recover(args) -> int:
         status.fail(job_id, f"{type(exc).__name__}: {exc}", driver_id="local-cli")
         raise
     finally:
+        printer.close()
         engine.close()
     status.complete(job_id, "local-cli", str(summary.out_dir))
     print(f"job {job_id}: {summary.n_stars} stars, {summary.n_candidates} candidate(s) at "
@@ -168,6 +207,10 @@ def cmd_submit(args) -> int:
         message["shards"] = args.shards
     if args.submitted_by:
         message["submittedBy"] = args.submitted_by
+    if args.seed is not None:
+        message["seed"] = args.seed
+    if args.priority is not None:
+        message["priority"] = args.priority
     if args.member_probability != DEFAULT_MEMBER_PROBABILITY:
         message["memberProbability"] = args.member_probability
     if args.photometry is not None:
@@ -222,10 +265,30 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_results(args) -> int:
+    from .io.outputs import atomic_output_dir, check_out_dir
+
+    out = check_out_dir(args.out, args.overwrite)
     svc = _service(args)
-    files = svc.results.download(args.job_id, args.to)
-    print(f"{len(files)} file(s) of job {args.job_id} in {args.to}/")
+    rec = svc.status.get(args.job_id)
+    if rec is None:
+        raise ValueError(f"job {args.job_id!r} not found in the {svc.mode} status store")
+    prefix = rec.get("resultPrefix")
+    if rec["status"] != "COMPLETED" or not prefix:
+        raise ValueError(f"job {args.job_id!r} is {rec['status']}: it has no results yet")
+    with atomic_output_dir(out, args.overwrite) as tmp:  # all files, or nothing
+        files = svc.results.download(args.job_id, tmp, prefix=prefix)
+    print(f"{len(files)} file(s) of job {args.job_id} in {out}/")
     return 0
+
+
+def cmd_consume(args) -> int:
+    import logging
+
+    from .service import consume
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _at_least_one("--exit-after-idle-polls", args.exit_after_idle_polls)
+    return consume(args.engine, args.exit_after_idle_polls, _service(args))
 
 
 def cmd_dlq(args) -> int:
@@ -318,14 +381,30 @@ def _member_flags(p) -> None:
                         "'none'; default phot_g_mean_mag,bp_rp when the table has them")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) \
+                or action.option_strings == []:
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
     """No prefix matching (``--sigma 4`` is refused, not taken for ``--sigma-threshold``), and
     defaults shown in every help; subcommands inherit the class."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """One style for every refusal: ``ray-app: error: ...`` (with the usage), exit 2."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"ray-app: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recover stellar streams from Gaia catalogues: exact kNN density, H0 "
                     "persistence, calibrated significance, member lists. Runs on a local Ray "
                     "instance with a local results folder; no AWS account or GPU needed.",
-        epilog="Exit codes: 0 success, 2 bad input (nothing written), 1 other failure.")
+        epilog="Exit codes: 0 success, 1 the job failed, 2 bad input (nothing written or "
+               "recorded), 3 a service unavailable (AWS, the Gaia archive), 130 interrupted.")
     p.add_argument("--version", action="version", version=f"ray-app {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -361,8 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "manifest.json lists all its files)")
     r.add_argument("--n-neighbors", type=_number, default=32, help="k of the kNN, 1..1024")
     r.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD,
-                   help=f"candidate threshold in per-job sigma (default "
-                        f"{DEFAULT_SIGMA_THRESHOLD:g})")
+                   help="candidate threshold in per-job, look-elsewhere-corrected sigma, > 0")
     r.add_argument("--seed", type=int, default=42,
                    help="seed of the synthetic catalogue and of the null calibration")
     r.add_argument("--no-ecsv", action="store_true", help="skip gaia_table.ecsv (large tables)")
@@ -371,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-stream", type=int, default=500,
                    help="synthetic stream stars (without --input)")
     r.add_argument("--engine", choices=("ray", "in-process"), default="ray",
-                   help="run shards on a local Ray instance (default) or in this process")
+                   help="run shards on a local Ray instance or in this process")
     r.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs for the local Ray instance, >= 1 (default: all)")
     r.add_argument("--shards", type=_number, default=None,
@@ -392,46 +471,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="queue a job (status PENDING + SQS message); prints "
                                        "its jobId")
-    sb.add_argument("stream_key", nargs="?", default=None)
-    sb.add_argument("--region", help="blind region JSON (or @file.json) instead of a stream")
-    sb.add_argument("--job-id", help="1-128 characters of [A-Za-z0-9_-] (default: random)")
-    sb.add_argument("--n-neighbors", type=_number, default=32)
-    sb.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD)
-    sb.add_argument("--input", help="'gaia-dr3', or a Parquet path or s3://bucket/key "
-                                    "(default: synthetic)")
-    sb.add_argument("--columns", help="FILE_NAME=our_name[,...] renames of the input's columns")
-    sb.add_argument("--shards", type=_number, default=None)
-    sb.add_argument("--submitted-by", default=os.environ.get("USER"))
+    sb.add_argument("stream_key", nargs="?", default=None,
+                    help="registry key (streamKey), e.g. gd-1; or give --region")
+    sb.add_argument("--region", help="blind region JSON (or @file.json) instead of a stream "
+                                     "(message field region)")
+    sb.add_argument("--job-id", help="jobId: 1-128 characters of [A-Za-z0-9_-] (default: "
+                                     "random)")
+    sb.add_argument("--n-neighbors", type=_number, default=32,
+                    help="nNeighbors: k of the kNN, 1..1024")
+    sb.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD,
+                    help="sigmaThreshold: candidate threshold in per-job sigma, > 0")
+    sb.add_argument("--input", help="source: 'gaia-dr3', or a Parquet s3://bucket/key (a "
+                                    "local path only in the local mode; default: synthetic)")
+    sb.add_argument("--columns", help="columns: FILE_NAME=our_name[,...] renames of the "
+                                      "input's columns")
+    sb.add_argument("--shards", type=_number, default=None,
+                    help="shards: phi1 slabs, 1..4096 (default: from the star count)")
+    sb.add_argument("--seed", type=_number, default=None,
+                    help="seed of the synthetic catalogue and of the null (default: 42)")
+    sb.add_argument("--priority", type=_number, default=None,
+                    help="priority: 0 (default) .. 9")
+    sb.add_argument("--submitted-by", default=os.environ.get("USER"),
+                    help="submittedBy: who asks (default: $USER)")
     _member_flags(sb)
     aws_flags(sb)
     sb.set_defaults(func=cmd_submit)
 
-    st = sub.add_parser("status", help="one job's status")
-    st.add_argument("job_id")
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="one job's status",
+                        description="A job's status, progress, stage, timings and error.")
+    st.add_argument("job_id", help="the jobId")
+    st.add_argument("--json", action="store_true", help="the whole record as JSON")
     st.add_argument("--watch", action="store_true", help="refresh until the job finishes")
-    st.add_argument("--interval", type=float, default=2.0)
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     aws_flags(st)
     st.set_defaults(func=cmd_status)
 
-    jb = sub.add_parser("jobs", help="recent jobs")
-    jb.add_argument("--status", choices=("PENDING", "RUNNING", "COMPLETED", "FAILED"))
-    jb.add_argument("--limit", type=int, default=50)
-    jb.add_argument("--json", action="store_true")
+    jb = sub.add_parser("jobs", help="recent jobs", description="Recent jobs, newest first.")
+    jb.add_argument("--status", choices=("PENDING", "RUNNING", "COMPLETED", "FAILED"),
+                    help="only jobs in this state")
+    jb.add_argument("--limit", type=int, default=50, help="at most this many")
+    jb.add_argument("--json", action="store_true", help="machine-readable output")
     aws_flags(jb)
     jb.set_defaults(func=cmd_jobs)
 
-    rs = sub.add_parser("results", help="download a job's outputs")
-    rs.add_argument("job_id")
-    rs.add_argument("--to", required=True, help="local directory")
+    rs = sub.add_parser("results", help="download a job's outputs",
+                        description="Copy a COMPLETED job's files (from S3, the local results "
+                                    "folder, or a `recover --out`) into --out.")
+    rs.add_argument("job_id", help="the jobId")
+    rs.add_argument("--out", "--to", dest="out", required=True,
+                    help="local directory for the files (the same rules as recover --out: "
+                         "new, empty, or a previous output with --overwrite)")
+    rs.add_argument("--overwrite", action="store_true",
+                    help="replace a previous ray-app output in --out")
     aws_flags(rs)
     rs.set_defaults(func=cmd_results)
+
+    co = sub.add_parser("consume", help="run the queue driver here (local mode: the SQLite "
+                                         "queue under $RAY_APP_HOME; the same code as "
+                                         "jobs/consume.py)",
+                        description="Pull jobs from the queue and run them until SIGTERM/"
+                                    "Ctrl-C (or --exit-after-idle-polls empty polls). "
+                                    "Driver settings come from the environment (RAY_APP_*; "
+                                    "see jobs/consume.py).")
+    co.add_argument("--engine", choices=("ray", "in-process"), default="ray",
+                    help="run shards on a local Ray instance or in this process")
+    co.add_argument("--exit-after-idle-polls", type=int, default=None,
+                    help="stop after this many empty polls (default: run until stopped)")
+    aws_flags(co)
+    co.set_defaults(func=cmd_consume)
 
     dq = sub.add_parser("dlq", help="list dead letters, or --redrive them to the queue")
     dq.add_argument("--redrive", action="store_true",
                     help="move valid dead letters back and re-open their FAILED jobs "
                          "(invalid ones stay, with the reason printed)")
-    dq.add_argument("--max", type=int, default=10)
+    dq.add_argument("--max", type=int, default=10, help="at most this many dead letters")
     aws_flags(dq)
     dq.set_defaults(func=cmd_dlq)
 
@@ -452,7 +565,43 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("catalog", help="list known stream keys")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_catalog)
+    for choice in sub._choices_actions:  # a subcommand's --help starts with what it does
+        parser = sub.choices[choice.dest]
+        parser.description = parser.description or choice.help[:1].upper() + choice.help[1:]
     return p
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """One line for an operational failure (a service we could not use), or None."""
+    from .data.gaia import GaiaArchiveUnavailable
+
+    if isinstance(exc, GaiaArchiveUnavailable):
+        return (f"the Gaia archive is unavailable: {exc}; retries with backoff were "
+                "exhausted. Try again later (fetched chunks stay cached), or set "
+                "RAY_APP_GAIA_URL to a mirror")
+    try:
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            NoRegionError,
+        )
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return None
+    if isinstance(exc, EndpointConnectionError):
+        return (f"AWS endpoint unreachable: {exc.kwargs.get('endpoint_url')} (boto3 retried "
+                "in standard mode). Check AWS_ENDPOINT_URL / AWS_DEFAULT_REGION and the "
+                "network, or unset TABLE_NAME/BUCKET_NAME/QUEUE_URL for the local mode")
+    if isinstance(exc, NoCredentialsError):
+        return ("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY (or use the local mode: no TABLE_NAME/BUCKET_NAME)")
+    if isinstance(exc, NoRegionError):
+        return "no AWS region configured: set AWS_DEFAULT_REGION"
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return (f"AWS refused {exc.operation_name}: {err.get('Code')}: {err.get('Message')}. "
+                "Check the IAM policy (cluster/iam-*.json) and the resource names")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,3 +611,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, exit 2
         print(f"ray-app: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("ray-app: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        line = unavailable(exc)
+        if line is None:
+            raise
+        print(f"ray-app: error: {line}", file=sys.stderr)
+        return EXIT_UNAVAILABLE

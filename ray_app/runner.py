@@ -81,7 +81,7 @@ def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
     archive (through the chunk cache) or the seeded synthetic sky."""
     target = params.stream
     if params.gaia:
-        from .data.gaia import GaiaArchive, fetch_region
+        from .data.gaia import GaiaArchive, RetryPolicy, fetch_region
         from .io.cache import open_cache
 
         def chunk_progress(done: int, total: int) -> None:
@@ -91,7 +91,8 @@ def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
         cuts = target.default_cuts
         table, report, chunks = fetch_region(target.footprint, cuts,
                                              GaiaArchive(params.gaia_url),
-                                             open_cache(params.cache), progress=chunk_progress)
+                                             open_cache(params.cache), RetryPolicy.from_env(),
+                                             progress=chunk_progress)
         cols = columns_from_table(table, origin="Gaia DR3")
         prov = {"kind": "gaia-dr3", "archive": params.gaia_url, "cache": params.cache,
                 "cuts": cuts.to_dict(), "region": target.footprint.to_dict(),

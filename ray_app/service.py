@@ -5,7 +5,8 @@ Environment (or the CLI flags that override it):
 * ``QUEUE_URL``: SQS queue URL; ``TABLE_NAME``: DynamoDB table; ``BUCKET_NAME``: S3 bucket;
 * ``AWS_DEFAULT_REGION`` / ``AWS_ENDPOINT_URL``: boto3's own configuration (no custom
   endpoint code: the same code talks to AWS and to a local emulator);
-* without ``TABLE_NAME``/``BUCKET_NAME`` the embedded local mode is used: a SQLite status store
+* without ``TABLE_NAME``/``BUCKET_NAME`` the embedded local mode is used: a SQLite queue (unless
+  ``QUEUE_URL`` is set), a SQLite status store
   and a results folder under ``RAY_APP_HOME`` (default: the per-user data folder
   ``$XDG_DATA_HOME/ray-app``, i.e. ``~/.local/share/ray-app``). It never depends on the current
   directory, so a job started by ``ray job submit`` (which runs in Ray's temporary working
@@ -14,15 +15,18 @@ Environment (or the CLI flags that override it):
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io.queue import SqsQueue
+from .io.queue import SqliteQueue, SqsQueue
 from .io.results import LocalResultStore, S3ResultStore
 from .io.status import DynamoStatusStore, SqliteStatusStore
 from .jobspec import JobSpec, parse_job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +59,9 @@ def service_from_env(queue_url: str | None = None, table: str | None = None,
         raise ValueError("set both TABLE_NAME and BUCKET_NAME (AWS mode) or neither (local "
                          f"mode); got TABLE_NAME={table!r}, BUCKET_NAME={bucket!r}")
     home = local_home()
+    if queue is None:  # the embedded local queue: submit -> `ray-app consume` with no AWS
+        queue = SqliteQueue(home / "queue.db",
+                            visibility_s=int(os.environ.get("RAY_APP_VISIBILITY_S", 120)))
     return Service(queue, SqliteStatusStore(home / "status.db"), LocalResultStore(home),
                    "local")
 
@@ -64,11 +71,106 @@ def new_job_id() -> str:
 
 
 def submit(service: Service, message: dict) -> JobSpec:
-    """Validate, record PENDING, then enqueue. Raises InvalidJob before touching anything."""
+    """Validate, record PENDING, then enqueue. Raises InvalidJob before touching anything.
+
+    If the enqueue fails, the PENDING record is deleted again (no orphan record that no
+    message will ever run) and the enqueue's error is raised.
+    """
     if service.queue is None:
         raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
+    if service.mode == "local":  # the local driver reads local paths: pass it an absolute one
+        source = message.get("source")
+        if isinstance(source, str) and source not in ("synthetic", "gaia", "gaia-dr3") \
+                and "://" not in source:
+            if not Path(source).exists():
+                raise ValueError(f"source {source!r} does not exist")
+            message = {**message, "source": str(Path(source).resolve())}
     spec = parse_job(message)
+    if service.mode != "local":
+        check_source(spec.source)
     service.status.create(spec.job_id, spec.to_message())
-    service.queue.send(spec.to_message())
+    try:
+        service.queue.send(spec.to_message())
+    except BaseException:
+        try:
+            service.status.discard(spec.job_id)
+        except Exception as exc:  # the store is unreachable too: say so, keep the first error
+            log.warning("job %s: enqueue failed and its PENDING record could not be removed "
+                        "(%s); remove it or submit again with the same --job-id", spec.job_id,
+                        exc)
+        raise
     return spec
 
+
+def check_source(source: str) -> None:
+    """What can be checked of a job's input at submit time: a local path cannot be read by
+    the cluster's drivers (refused), an s3:// object must exist."""
+    from .config import GAIA_SOURCES
+    from .data.catalogue import is_uri
+
+    if source == "synthetic" or source in GAIA_SOURCES:
+        return
+    if not is_uri(source):
+        raise ValueError(f"source {source!r} is a local path, which the cluster's drivers "
+                         "cannot read: upload it (s3://bucket/key) or use 'synthetic' / "
+                         "'gaia-dr3'")
+    if source.startswith("s3://"):
+        import boto3
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = source[5:].partition("/")
+        try:
+            boto3.client("s3").head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NoSuchBucket", "403"):
+                raise ValueError(f"source {source!r} cannot be read: "
+                                 f"{exc.response['Error']['Code']} (does the object exist, "
+                                 "and may this account read it?)") from None
+            raise
+
+
+
+def _env(name: str, default, cast=float):
+    value = os.environ.get(name, default)
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def consume(engine_name: str = "ray", idle_polls: int | None = None,
+            service: Service | None = None) -> int:
+    """Run the queue driver until SIGTERM/SIGINT (or ``idle_polls`` empty polls): the body of
+    ``jobs/consume.py`` (``ray job submit``) and of ``ray-app consume`` (local mode).
+
+    Configuration (environment): RAY_APP_CAPACITY (jobs in flight, 2), RAY_APP_WAIT_S (long
+    poll, 20), RAY_APP_VISIBILITY_S (120), RAY_APP_HEARTBEAT_S (30), RAY_APP_LEASE_S (120),
+    RAY_APP_DRAIN_S (drain bound on SIGTERM, 120), RAY_APP_BACKOFF_S (10), RAY_APP_SWEEP_S
+    (60), RAY_APP_MAX_ACTORS, RAY_APP_GPUS_PER_ACTOR.
+    """
+    import signal
+
+    from .engine.driver import Driver, DriverConfig
+    from .engine.engines import default_engine
+
+    service = service or service_from_env()
+    config = DriverConfig(capacity=_env("RAY_APP_CAPACITY", 2, int),
+                          wait_s=_env("RAY_APP_WAIT_S", 20, int),
+                          visibility_s=_env("RAY_APP_VISIBILITY_S", 120, int),
+                          heartbeat_s=_env("RAY_APP_HEARTBEAT_S", 30),
+                          lease_s=_env("RAY_APP_LEASE_S", 120),
+                          drain_s=_env("RAY_APP_DRAIN_S", 120),
+                          backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
+                          sweep_s=_env("RAY_APP_SWEEP_S", 60))
+    engine = default_engine(engine_name)  # ray.init happens here ...
+    driver = Driver(service.queue, service.status, service.results, engine, config)
+    signal.signal(signal.SIGTERM, driver.stop)  # ... so our handlers are installed after it
+    signal.signal(signal.SIGINT, driver.stop)
+    log.info("driver %s consuming %s (%s mode)", driver.driver_id, service.queue.url,
+             service.mode)
+    try:
+        rc = driver.run(max_idle_polls=idle_polls)
+    finally:
+        engine.close()
+    log.info("driver %s stopped: %s", driver.driver_id, driver.stats)
+    return rc

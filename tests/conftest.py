@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 
 # Ray 2.60 turns on token auth for new local clusters; tests run without it (DESIGN 7).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Nothing a test runs may write into the checkout or the user's data folder: module-scoped
+# fixtures run before the per-test RAY_APP_HOME below, so the session gets one too.
+os.environ["RAY_APP_HOME"] = tempfile.mkdtemp(prefix="ray-app-tests-")
 
 REPO = Path(__file__).resolve().parents[1]
 

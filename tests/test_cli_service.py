@@ -115,3 +115,76 @@ def test_provision_is_idempotent_and_teardown_removes(moto_server, capsys):
     assert main(["provision", "--queue", "prov-q", "--bucket", "prov-bucket", "--table",
                  "prov-table"]) == 0
     assert "QUEUE_URL=" in capsys.readouterr().out
+
+
+def _one_line(capsys, code, argv, *needles):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("ray-app: error:"), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _queue_depth(aws):
+    attrs = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws["queue_url"], AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+def test_submit_checks_the_input_it_can(env, capsys, tmp_path):
+    local = tmp_path / "field.parquet"
+    local.write_bytes(b"x")
+    _one_line(capsys, EXIT_BAD_INPUT, ["submit", "gd-1", "--job-id", "in-1", "--input",
+                                       str(local)], "local path", "s3://")
+    _one_line(capsys, EXIT_BAD_INPUT, ["submit", "gd-1", "--job-id", "in-2", "--input",
+                                       f"s3://{env['bucket']}/inputs/none.parquet"],
+              "cannot be read", "404")
+    svc = service_from_env()
+    assert svc.status.get("in-1") is None and svc.status.get("in-2") is None
+    assert _queue_depth(env) == 0
+
+
+def test_submit_with_the_queue_unreachable_leaves_no_record(env, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    _one_line(capsys, 3, ["submit", "gd-1", "--job-id", "orphan-1"], "unreachable",
+              "127.0.0.1:9")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS")
+    assert service_from_env().status.get("orphan-1") is None  # rolled back
+    assert _queue_depth(env) == 0
+
+
+def test_unreachable_aws_is_one_line(env, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    _one_line(capsys, 3, ["jobs"], "AWS endpoint unreachable", "local mode")
+    _one_line(capsys, 3, ["provision", "--queue", "q", "--bucket", "my-bucket", "--table",
+                          "t-1"], "AWS endpoint unreachable")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--bucket", "Bad_Bucket"], "--bucket 'Bad_Bucket' is not a valid S3 bucket name"),
+    (["--bucket", "ab"], "--bucket 'ab'"),
+    (["--queue", "has space"], "--queue 'has space'"),
+    (["--table", "x"], "--table 'x'"),
+])
+def test_provision_refuses_invalid_names_before_any_call(capsys, argv, needle):
+    base = {"--queue": "q", "--bucket": "my-bucket", "--table": "table-1"}
+    base.update(dict(zip(argv[::2], argv[1::2], strict=True)))
+    _one_line(capsys, EXIT_BAD_INPUT, ["provision", *[x for kv in base.items() for x in kv]],
+              needle)
+
+
+def test_unreachable_gaia_archive_is_one_line_and_a_failed_job(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_APP_GAIA_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("RAY_APP_GAIA_ATTEMPTS", "2")
+    monkeypatch.setenv("RAY_APP_GAIA_BACKOFF_S", "0.01")
+    err = _one_line(capsys, 3, ["recover", "gd-1", "--input", "gaia-dr3", "--engine",
+                                "in-process", "--job-id", "gaia-down", "--out",
+                                str(tmp_path / "o")], "Gaia archive is unavailable",
+                    "Try again later")
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    rec = service_from_env().status.get("gaia-down")
+    assert rec["status"] == "FAILED" and "GaiaArchiveUnavailable" in rec["error"]

@@ -16,7 +16,10 @@ SMALL = ["--n-background", "3000", "--n-stream", "200", "--engine", "in-process"
 def _refused(capsys, argv, *needles):
     assert main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err  # one line
+    # one line (after the "starting a local Ray instance" note, where Ray was started)
+    lines = [line for line in err.splitlines() if not line.startswith("starting a local Ray")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    err = lines[0]
     assert err.startswith("ray-app: error:"), err
     for needle in needles:
         assert needle in err, err
@@ -162,3 +165,97 @@ def test_wrong_input_refused(real_data, tmp_path, capsys, case, needles):
     _refused(capsys, ["recover", "gd-1", "--input", str(src), "--out", str(out), "--engine",
                       "in-process"], *needles)
     assert not out.exists()
+
+
+# ------------------------------------- local mode end to end: submit -> consume -> results (8)
+def test_local_submit_consume_status_results(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_APP_WAIT_S", "1")  # the idle poll that ends `consume`
+    out = tmp_path / "run"
+    assert main(["recover", "--out", str(out), "--job-id", "local-rec", *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["results", "local-rec", "--out", str(tmp_path / "copy")]) == 0  # recover's own
+    assert (tmp_path / "copy" / "candidates.json").exists()
+    capsys.readouterr()
+    assert main(["submit", "gd-1", "--job-id", "queued-1", "--n-neighbors", "8"]) == 0
+    assert capsys.readouterr().out.strip() == "queued-1"
+    assert main(["status", "queued-1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "PENDING"
+    assert main(["consume", "--engine", "in-process", "--exit-after-idle-polls", "1"]) == 0
+    assert main(["status", "queued-1"]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    _refused(capsys, ["results", "queued-1", "--out", str(out)], "--overwrite")
+    assert main(["results", "queued-1", "--to", str(tmp_path / "dl")]) == 0
+    assert (tmp_path / "dl" / "manifest.json").exists()
+    # an invalid message reaches the local DLQ with its reason
+    from ray_app.service import service_from_env
+
+    svc = service_from_env()
+    svc.queue.send('{"jobId": "bad-1", "streamKey": "nowhere"}')
+    assert main(["consume", "--engine", "in-process", "--exit-after-idle-polls", "1"]) == 0
+    capsys.readouterr()
+    assert main(["dlq"]) == 0
+    assert "not a known stream" in capsys.readouterr().out
+
+
+def test_local_submit_refuses_a_missing_path(tmp_path, capsys):
+    _refused(capsys, ["submit", "gd-1", "--job-id", "x-1", "--input",
+                      str(tmp_path / "none.parquet")], "does not exist")
+    assert _jobs(tmp_path / "ray-app-home") == []
+
+
+def test_local_queue_redrives_after_three_receives(tmp_path):
+    from ray_app.io.queue import SqliteQueue
+
+    q = SqliteQueue(tmp_path / "q.db", visibility_s=0)
+    q.send({"jobId": "a"})
+    for i in range(3):
+        (m,) = q.receive(1, wait_s=0)
+        assert m.receive_count == i + 1
+    assert q.receive(1, wait_s=0) == []  # the 4th receive moves it to the DLQ
+    (dead, reason), = q.list_dead()
+    assert "maxReceiveCount 3" in reason and json.loads(dead.body) == {"jobId": "a"}
+    assert q.redrive() == 1 and q.depth() == {"visible": 1, "in_flight": 0, "dead": 0}
+    (m,) = q.receive(1, wait_s=0, visibility_s=60)
+    assert q.receive(1, wait_s=0) == []  # hidden while in flight
+    q.set_visibility(m.receipt, 0)
+    (again,) = q.receive(1, wait_s=0)
+    q.delete(again.receipt)
+    assert q.depth() == {"visible": 0, "in_flight": 0, "dead": 0}
+
+
+def test_tests_do_not_write_into_the_checkout():
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert not Path(os.environ["RAY_APP_HOME"]).resolve().is_relative_to(repo)
+
+
+def test_progress_is_one_plain_line_per_stage_off_a_terminal(tmp_path, capsys):
+    assert main(["recover", "--out", str(tmp_path / "o"), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    stages = [line.split("] ", 1)[1] for line in err.splitlines() if line.startswith("[")]
+    assert stages == ["load", "clean", "features", "density", "merge", "candidates", "write"]
+
+
+def test_every_subcommand_and_argument_is_described():
+    import argparse
+
+    from ray_app.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert parser.description, name
+        for action in parser._actions:
+            assert action.help, f"ray-app {name} {action.option_strings or action.dest}"
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+
+
+def test_gpu_actors_on_a_local_instance_without_gpus_are_refused(tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.setenv("RAY_APP_GPUS_PER_ACTOR", "1")
+    _refused(capsys, ["recover", "--out", str(tmp_path / "o"), "--num-cpus", "1"],
+             "RAY_APP_GPUS_PER_ACTOR=1", "0 GPU(s)")
+    assert _jobs(tmp_path / "ray-app-home") == []

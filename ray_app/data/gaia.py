@@ -314,6 +314,23 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         return min(self.base_s * 2**attempt, self.max_s)
 
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """``RAY_APP_GAIA_ATTEMPTS`` (default 5) and ``RAY_APP_GAIA_BACKOFF_S`` (first delay,
+        default 2 s; doubled per attempt up to 120 s)."""
+        import os
+
+        try:
+            attempts = int(os.environ.get("RAY_APP_GAIA_ATTEMPTS", cls.attempts))
+            base = float(os.environ.get("RAY_APP_GAIA_BACKOFF_S", cls.base_s))
+        except ValueError as exc:
+            raise ValueError(f"RAY_APP_GAIA_ATTEMPTS must be an integer >= 1 and "
+                             f"RAY_APP_GAIA_BACKOFF_S a number >= 0: {exc}") from None
+        if attempts < 1 or base < 0:
+            raise ValueError(f"RAY_APP_GAIA_ATTEMPTS must be >= 1 and RAY_APP_GAIA_BACKOFF_S "
+                             f">= 0, got {attempts}, {base}")
+        return cls(attempts=attempts, base_s=base)
+
 
 class GaiaArchive:
     """The Gaia TAP service through astroquery (``GaiaClass.launch_job_async``).

@@ -205,7 +205,7 @@ class Driver:
             if self.status.complete(spec.job_id, self.driver_id, prefix):
                 self.queue.delete(msg.receipt)
                 self.stats["completed"] += 1
-                self._count("completed")
+                self._count("completed", spec)
             else:
                 log.warning("job %s: lease lost before completion; leaving the message",
                             spec.job_id)
@@ -214,7 +214,7 @@ class Driver:
             self.status.fail(spec.job_id, reason, driver_id=self.driver_id)
             self.queue.dead_letter(msg, reason)
             self.stats["failed"] += 1
-            self._count("failed")
+            self._count("failed", spec)
         except Exception as exc:  # transient: retry with backoff, the queue counts receives
             reason = f"transient {type(exc).__name__}: {exc}"
             log.warning("job %s attempt %d failed: %s", spec.job_id, msg.receive_count, reason)
@@ -223,7 +223,7 @@ class Driver:
                 if msg.receive_count >= MAX_RECEIVES:
                     self.status.fail(spec.job_id, f"gave up after {msg.receive_count} "
                                      f"attempts; last error: {reason}", driver_id=self.driver_id)
-                    self._count("failed")
+                    self._count("failed", spec)
                 else:
                     self.status.release(spec.job_id, self.driver_id, error=reason)
                 self.queue.set_visibility(
@@ -272,6 +272,7 @@ class Driver:
         except Exception as exc:
             log.warning("sweep failed: %s", exc)
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, spec: JobSpec | None = None) -> None:
         if self.metrics:
-            getattr(self.metrics, what).inc()
+            stream = "invalid" if spec is None else (spec.stream_key or "region")
+            getattr(self.metrics, what).inc(tags={"stream": stream})

@@ -116,6 +116,10 @@ class RayEngine:
         Bytes a shard may use; bigger jobs are split into more shards.
     idle_release_s : float
         Idle actors are released after this many seconds.
+    log_to_driver : bool
+        Stream the actors' log lines to this process (a new local instance only). The local
+        CLI turns it off so they do not cut into its progress bar; they stay in Ray's session
+        logs (``/tmp/ray/session_latest/logs``).
     """
 
     name = "ray"
@@ -123,7 +127,8 @@ class RayEngine:
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  num_gpus_per_actor: float | None = None, max_actors: int | None = None,
                  prefer_backend: str = "auto", memory_per_actor: int | None = None,
-                 idle_release_s: float = 300.0, min_actors: int = 0):
+                 idle_release_s: float = 300.0, min_actors: int = 0,
+                 log_to_driver: bool = True):
         import ray
 
         from .pool import DensityPool
@@ -132,7 +137,7 @@ class RayEngine:
         self._owns_ray = False
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                     logging_level="WARNING")
+                     logging_level="WARNING", log_to_driver=log_to_driver)
             self._owns_ray = True
         gpus = ray.cluster_resources().get("GPU", 0)
         if num_gpus_per_actor is None and os.environ.get("RAY_APP_GPUS_PER_ACTOR"):
@@ -142,6 +147,12 @@ class RayEngine:
         if max_actors is None:
             max_actors = int(os.environ.get("RAY_APP_MAX_ACTORS", 0)) or max(
                 1, int(gpus // num_gpus_per_actor) if num_gpus_per_actor else 1)
+        if self._owns_ray and num_gpus_per_actor > gpus:
+            # a local instance has no autoscaler: such an actor would wait forever
+            ray.shutdown()
+            raise ValueError(f"RAY_APP_GPUS_PER_ACTOR={num_gpus_per_actor:g} but this local "
+                             f"Ray instance has {gpus:g} GPU(s): unset it, or run on a "
+                             "cluster that can add GPU nodes")
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
         self.pool = DensityPool(max_actors=max_actors, num_gpus=num_gpus_per_actor,
                                 prefer_backend=prefer_backend, idle_release_s=idle_release_s,

@@ -13,10 +13,16 @@ Clients come from boto3's standard configuration (``AWS_ENDPOINT_URL`` honoured)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 MAX_RECEIVES = 3
 DLQ_RETENTION_S = 14 * 86400
+
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,76}")
+TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,23 @@ class ServiceNames:
     table: str
     visibility_s: int = 120
     results_days: int = 90
+
+    def __post_init__(self) -> None:
+        # AWS's own naming rules, checked before any call so a typo is bad input (exit 2)
+        if not BUCKET_NAME.fullmatch(self.bucket) or ".." in self.bucket:
+            raise ValueError(f"--bucket {self.bucket!r} is not a valid S3 bucket name: 3-63 "
+                             "characters of lower-case letters, digits, '.' and '-', starting "
+                             "and ending with a letter or digit")
+        if not QUEUE_NAME.fullmatch(self.queue):
+            raise ValueError(f"--queue {self.queue!r} is not a valid SQS queue name: 1-76 "
+                             "characters of letters, digits, '-' and '_' (the DLQ adds -dlq)")
+        if not TABLE_NAME.fullmatch(self.table):
+            raise ValueError(f"--table {self.table!r} is not a valid DynamoDB table name: "
+                             "3-255 characters of letters, digits, '_', '-' and '.'")
+        if isinstance(self.visibility_s, bool) or not isinstance(self.visibility_s, int) \
+                or not 0 <= self.visibility_s <= 43200:
+            raise ValueError(f"--visibility must be an integer in [0, 43200] s, got "
+                             f"{self.visibility_s!r}")
 
     @property
     def dlq(self) -> str:

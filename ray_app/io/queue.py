@@ -1,9 +1,20 @@
-"""The SQS job queue and its dead-letter queue (boto3; ``AWS_ENDPOINT_URL`` honoured)."""
+"""Job queues with a dead-letter queue: SQS (boto3; ``AWS_ENDPOINT_URL`` honoured), and a
+SQLite twin with the same behaviour for the embedded local mode (no AWS).
+
+Both: at-least-once delivery, a visibility timeout (a received message is hidden until it is
+deleted or its visibility runs out), a receive count, and a redrive policy (a message
+received more than ``max_receives`` times goes to the dead-letter queue).
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
+import uuid
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -119,3 +130,137 @@ class SqsQueue:
                 self.delete(m["ReceiptHandle"], url=self.dlq_url)
                 moved += 1
         return moved
+
+
+class SqliteQueue:
+    """The local queue: a SQLite file (``$RAY_APP_HOME/queue.db``) shared by ``ray-app
+    submit`` and the local driver (``ray-app consume``); the SQS semantics the driver relies
+    on (visibility, receive counts, redrive to a DLQ after ``max_receives``) hold.
+
+    Parameters
+    ----------
+    path : str or Path
+        The database file (created with its folder).
+    visibility_s : int
+        Default visibility timeout of a received message.
+    max_receives : int
+        The redrive policy's maxReceiveCount.
+    """
+
+    def __init__(self, path: str | Path, visibility_s: int = 120, max_receives: int = 3):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.url = f"sqlite://{self.path}"
+        self.dlq_url = f"{self.url}#dlq"
+        self.visibility_s = int(visibility_s)
+        self.max_receives = int(max_receives)
+        with self._tx() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, body TEXT, "
+                      "visible_at REAL, receive_count INTEGER, receipt TEXT, sent_at REAL)")
+            c.execute("CREATE TABLE IF NOT EXISTS dead (id TEXT PRIMARY KEY, body TEXT, "
+                      "reason TEXT, dead_at REAL)")
+
+    def _tx(self):
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        return _Immediate(conn)
+
+    def send(self, body: dict | str, delay_s: int = 0, url: str | None = None,
+             attributes: dict | None = None) -> str:
+        text = body if isinstance(body, str) else json.dumps(body)
+        mid = uuid.uuid4().hex
+        now = time.time()
+        with self._tx() as c:
+            if url == self.dlq_url:
+                c.execute("INSERT INTO dead VALUES (?,?,?,?)",
+                          (mid, text, (attributes or {}).get("reason", ""), now))
+            else:
+                c.execute("INSERT INTO messages VALUES (?,?,?,?,?,?)",
+                          (mid, text, now + delay_s, 0, None, now))
+        return mid
+
+    def receive(self, max_messages: int, wait_s: int = 20,
+                visibility_s: int | None = None) -> list[Message]:
+        """Poll (every 0.2 s, up to ``wait_s``) for up to ``max_messages`` visible messages."""
+        if max_messages < 1:
+            return []
+        deadline = time.monotonic() + wait_s
+        hide = self.visibility_s if visibility_s is None else int(visibility_s)
+        while True:
+            out = []
+            now = time.time()
+            with self._tx() as c:
+                rows = c.execute("SELECT id, body, receive_count FROM messages WHERE "
+                                 "visible_at <= ? ORDER BY sent_at LIMIT ?",
+                                 (now, min(10, max_messages))).fetchall()
+                for mid, body, count in rows:
+                    if count >= self.max_receives:  # the redrive policy
+                        c.execute("INSERT OR REPLACE INTO dead VALUES (?,?,?,?)",
+                                  (mid, body, f"received {count} times (maxReceiveCount "
+                                              f"{self.max_receives})", now))
+                        c.execute("DELETE FROM messages WHERE id=?", (mid,))
+                        continue
+                    receipt = uuid.uuid4().hex
+                    c.execute("UPDATE messages SET receive_count=?, receipt=?, visible_at=? "
+                              "WHERE id=?", (count + 1, receipt, now + hide, mid))
+                    out.append(Message(body, receipt, mid, count + 1))
+            if out or time.monotonic() >= deadline:
+                return out
+            time.sleep(0.2)
+
+    def delete(self, receipt: str, url: str | None = None) -> None:
+        with self._tx() as c:
+            if url == self.dlq_url:
+                c.execute("DELETE FROM dead WHERE id=?", (receipt,))
+            else:
+                c.execute("DELETE FROM messages WHERE receipt=?", (receipt,))
+
+    def set_visibility(self, receipt: str, seconds: int) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE messages SET visible_at=? WHERE receipt=?",
+                      (time.time() + int(seconds), receipt))
+
+    def dead_letter(self, msg: Message, reason: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO dead VALUES (?,?,?,?)",
+                      (msg.message_id, msg.body, reason, time.time()))
+            c.execute("DELETE FROM messages WHERE receipt=?", (msg.receipt,))
+
+    def list_dead(self, max_messages: int = 10, polls: int = 5) -> list[tuple[Message, str]]:
+        with self._tx() as c:
+            rows = c.execute("SELECT id, body, reason FROM dead ORDER BY dead_at LIMIT ?",
+                             (max_messages,)).fetchall()
+        return [(Message(body, mid, mid, 0), reason) for mid, body, reason in rows]
+
+    def redrive(self, max_messages: int = 10, messages: list[Message] | None = None) -> int:
+        chosen = messages if messages is not None else [m for m, _ in
+                                                         self.list_dead(max_messages)]
+        for m in chosen:
+            self.send(m.body)
+            self.delete(m.receipt, url=self.dlq_url)
+        return len(chosen)
+
+    def depth(self) -> dict:
+        """Counts of visible, in-flight and dead messages."""
+        now = time.time()
+        with self._tx() as c:
+            visible = c.execute("SELECT COUNT(*) FROM messages WHERE visible_at <= ?",
+                                (now,)).fetchone()[0]
+            total = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            dead = c.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
+        return {"visible": visible, "in_flight": total - visible, "dead": dead}
+
+
+class _Immediate:
+    """A write transaction taken at once (BEGIN IMMEDIATE), so two local drivers never
+    receive the same message."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        with closing(self.conn):
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

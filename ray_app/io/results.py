@@ -47,8 +47,10 @@ class LocalResultStore:
         p = Path(self.prefix(job_id)) / MANIFEST
         return json.loads(p.read_text()) if p.exists() else None
 
-    def download(self, job_id: str, to: str | Path) -> list[Path]:
-        src = Path(self.prefix(job_id))
+    def download(self, job_id: str, to: str | Path, prefix: str | None = None) -> list[Path]:
+        """Copy a job's files to ``to``; ``prefix``: where its status record says they are
+        (``ray-app recover`` jobs keep theirs in their ``--out``)."""
+        src = Path(prefix) if prefix and Path(prefix).is_dir() else Path(self.prefix(job_id))
         if not (src / MANIFEST).exists():
             raise FileNotFoundError(f"job {job_id!r} has no complete outputs in {src}")
         to = Path(to)
@@ -94,7 +96,7 @@ class S3ResultStore:
             raise
         return json.loads(obj["Body"].read())
 
-    def download(self, job_id: str, to: str | Path) -> list[Path]:
+    def download(self, job_id: str, to: str | Path, prefix: str | None = None) -> list[Path]:
         manifest = self.manifest(job_id)
         if manifest is None:
             raise FileNotFoundError(f"job {job_id!r} has no complete outputs in "

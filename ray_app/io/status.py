@@ -114,6 +114,12 @@ class SqliteStatusStore:
         except sqlite3.IntegrityError:
             raise JobExists(f"job {job_id!r} already exists") from None
 
+    def discard(self, job_id: str) -> bool:
+        """Delete a job that is still PENDING (a submit whose enqueue failed); True if done."""
+        with self._conn() as c:
+            cur = c.execute("DELETE FROM jobs WHERE jobId=? AND status=?", (job_id, PENDING))
+            return cur.rowcount == 1
+
     def claim(self, job_id: str, driver_id: str, lease_s: float, params: dict | None = None,
               now: float | None = None) -> bool:
         now = time.time() if now is None else now
@@ -269,6 +275,21 @@ class DynamoStatusStore:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise JobExists(f"job {job_id!r} already exists") from None
             raise
+
+    def discard(self, job_id: str) -> bool:
+        """Delete a job that is still PENDING (a submit whose enqueue failed); True if done."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.dynamodb.delete_item(TableName=self.table, Key={"jobId": {"S": job_id}},
+                                      ConditionExpression="#s = :p",
+                                      ExpressionAttributeNames={"#s": "status"},
+                                      ExpressionAttributeValues={":p": {"S": PENDING}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def claim(self, job_id: str, driver_id: str, lease_s: float, params: dict | None = None,
               now: float | None = None) -> bool:
