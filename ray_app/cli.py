@@ -211,6 +211,10 @@ def cmd_submit(args) -> int:
         message["seed"] = args.seed
     if args.priority is not None:
         message["priority"] = args.priority
+    if args.n_background is not None:
+        message["nBackground"] = args.n_background
+    if args.n_stream is not None:
+        message["nStream"] = args.n_stream
     if args.member_probability != DEFAULT_MEMBER_PROBABILITY:
         message["memberProbability"] = args.member_probability
     if args.photometry is not None:
@@ -491,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed of the synthetic catalogue and of the null (default: 42)")
     sb.add_argument("--priority", type=_number, default=None,
                     help="priority: 0 (default) .. 9")
+    sb.add_argument("--n-background", type=_number, default=None,
+                    help="nBackground: synthetic field stars (default: 30000)")
+    sb.add_argument("--n-stream", type=_number, default=None,
+                    help="nStream: synthetic stream stars (default: 500)")
     sb.add_argument("--submitted-by", default=os.environ.get("USER"),
                     help="submittedBy: who asks (default: $USER)")
     _member_flags(sb)
