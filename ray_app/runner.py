@@ -24,6 +24,7 @@ from .core.recovery import (
     calibrate_null,
     candidate_labels,
     candidates,
+    membership_seed,
     merge_searches,
     null_shuffle_cell,
     summarize_members,
@@ -211,10 +212,10 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     phot = photometry_columns(clean, params.photometry, origin=str(params.input_path or
                                                                    provenance["kind"]))
     errors = feature_errors(clean)
-    memberships = [membership_probabilities(raw, c.members, errors,
-                                            None if phot is None else phot[:2],
-                                            base_track=searches[which].track)
-                   for which, c in merged]
+    memberships = [membership_probabilities(
+        raw, membership_seed(searches[which].pers, searches[which].log_density, c), errors,
+        None if phot is None else phot[:2], base_track=searches[which].track)
+        for which, c in merged]
     prob, labels = member_labels(len(sid), memberships, params.member_probability)
     done("candidates")
 
@@ -275,8 +276,11 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                         "against the off-track field; stars without photometry are not "
                         "members"},
             "errors": sorted(errors),
+            "seed": "the candidate's superlevel component at half its persistence (at least "
+                    "20 stars, else its core)",
             "candidates": [{"index": c.index, "iterations": m.iterations,
-                            "stream_fraction": m.fraction, "widths": m.widths}
+                            "stream_fraction": m.fraction, "widths": m.widths,
+                            "fit_failed": m.failed}
                            for c, m in zip(final, memberships, strict=True)]},
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,

@@ -44,6 +44,9 @@ from .tracks import TRACK_FEATURES, Track, fit_track
 
 #: Default ``memberProbability``: members are the stars more likely stream than field.
 DEFAULT_MEMBER_PROBABILITY = 0.5
+#: A fitted stream holding more than this share of the job's stars is the field: the fit is
+#: declared failed and the seed kept.
+MAX_STREAM_SHARE = 0.5
 #: EM iterations (the fit settles in 4-6 on synthetic and real fields).
 N_ITERATIONS = 8
 #: Smallest intrinsic width per feature (deg, mas/yr, mas): a stream is never a line.
@@ -95,6 +98,9 @@ class Membership:
     iterations : int
     photometry : bool
         Whether a colour-magnitude term was used.
+    failed : bool
+        The mixture called more than :data:`MAX_STREAM_SHARE` of the stars stream: the seed
+        is returned as the members (probability 1) and ``track`` is None.
     """
 
     probability: np.ndarray
@@ -104,6 +110,7 @@ class Membership:
     phi1_range: tuple = (np.nan, np.nan)
     iterations: int = 0
     photometry: bool = False
+    failed: bool = False
 
 
 def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = None,
@@ -210,6 +217,12 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         # a photometric filter that a star cannot be put through does not pass it: a member
         # list that claims photometric vetting holds no unvetted star
         p = np.where(cmd[2], p, 0.0)
+    if np.mean(p >= 0.5) > MAX_STREAM_SHARE:
+        # a "stream" of most of the job's stars is the field: the model failed, keep the seed
+        p = np.zeros(n)
+        p[core] = 1.0
+        return Membership(p, None, widths, float(np.mean(p)), (np.nan, np.nan), iterations,
+                          cmd is not None, failed=True)
     final = _absolute_track(track, base_track, widths, phi1[p >= 0.5] if np.any(p >= 0.5)
                             else phi1[core])
     sel = p >= 0.5

@@ -286,6 +286,31 @@ def merge_searches(searches: list[list[Candidate]], overlap: float = 0.5
     return kept
 
 
+#: The membership seed is the candidate's superlevel component at this fraction of its
+#: persistence below its peak (0: the peak alone; 1: the whole death-level core).
+SEED_LEVEL = 0.5
+#: A seed needs at least this many stars; a smaller one falls back to the whole core.
+MIN_SEED = 20
+
+
+def membership_seed(pers: Persistence, log_dens, cand: Candidate,
+                    level: float = SEED_LEVEL) -> np.ndarray:
+    """The densest part of a candidate's core, where its membership model starts.
+
+    The death-level core of an essential class scored at a low key saddle can hold a large
+    share of the field; the component of the peak at half the persistence is the structure
+    itself in both cases (for a thin stream it is the core's upper half). Falls back to the
+    core when that component has fewer than :data:`MIN_SEED` stars.
+    """
+    f = np.asarray(log_dens)
+    cut = f[cand.peak] - level * (f[cand.peak] - f[cand.saddle])
+    # ranks follow density downwards: the vertices at or above ``cut`` come first
+    r_cut = int(np.sum(f >= cut))
+    r_cut = max(r_cut, int(pers.rank[cand.peak]) + 1)
+    seed = core_members(pers.rank, pers.forest_src, pers.forest_dst, cand.peak, r_cut)
+    return seed if len(seed) >= MIN_SEED else cand.members
+
+
 def candidate_labels(n: int, cands: list[Candidate]) -> np.ndarray:
     """Per-star candidate index (-1: none); a star in nested cores gets the innermost."""
     label = np.full(n, -1, dtype=np.int64)

@@ -166,6 +166,10 @@ class StreamInfo:
                                           np.nan)
         return Track(phi1, values, source=f"registry: {self.reference}")
 
+    def _phi1_scale(self, default: float) -> float:
+        lo, hi = self.phi1_range
+        return round(float(np.clip((hi - lo) / 10.0, default, 2.5 * default)), 3)
+
     def feature_scales(self) -> FeatureScales:
         """Detection scales of this stream (the rule, not fitted to any data set):
 
@@ -173,8 +177,10 @@ class StreamInfo:
           the default, for a GD-1-like 0.2 deg stream; streams differ 5x in width);
         * proper motions: the default 0.3 mas/yr (Gaia errors of faint members) added in
           quadrature to 1.5 x the published proper-motion dispersion, where known;
-        * phi1 (10 deg) and parallax (0.5 mas): the defaults (length and distance are set by
-          the footprint and the cuts, not by the kNN scale).
+        * along the track, phi1: a tenth of the stream's length within [10, 25] deg (10 deg,
+          the default, up to a 100 deg stream; a 230 deg stream such as Orphan-Chenab spreads
+          its stars thinner, and a longer kNN ball along it gathers as many of them);
+        * parallax: the default 0.5 mas (distance is set by the cuts, not by the kNN scale).
         """
         base = FeatureScales()
         phi2 = round(float(np.clip(1.5 * self.width_deg, base.phi2, 1.5)), 4) if self.width_deg \
@@ -183,7 +189,7 @@ class StreamInfo:
         def pm(default, width):
             return round(float(np.hypot(default, 1.5 * width)), 4) if width else default
 
-        return FeatureScales(phi1=base.phi1, phi2=phi2,
+        return FeatureScales(phi1=self._phi1_scale(base.phi1), phi2=phi2,
                              pm_phi1_cosphi2=pm(base.pm_phi1_cosphi2, self.width_pm[0]),
                              pm_phi2=pm(base.pm_phi2, self.width_pm[1]),
                              parallax=base.parallax)
