@@ -45,3 +45,17 @@ def test_gd1_recovered_from_real_field(real_data, gd1_field, tmp_path, photometr
     stars = pq.read_table(out / "stars.parquet")
     # the file's own phi1/phi2 (GD1Koposov10) are kept, renamed, beside ours
     assert {"input_phi1", "input_phi2", "phi1", "g_mean_psf_mag"} <= set(stars.column_names)
+
+
+def test_blind_region_with_a_frame_finds_and_names_gd1(real_data, tmp_path):
+    out = tmp_path / "blind"
+    region = ('{"cone": {"center": [146.4, 33.2], "radius": 25}, '
+              '"frame": {"pole": [34.6, 29.7]}}')  # no stream named: a blind search
+    assert main(["recover", "--region", region, "--input",
+                 str(real_data / "gd1_dr2_widefield.parquet"), "--out", str(out),
+                 "--engine", "in-process", "--no-ecsv"]) == 0
+    cands = json.loads((out / "candidates.json").read_text())
+    assert cands and cands[0]["match"]["key"] == "gd-1"
+    assert cands[0]["frame"]["track_tilt_deg"] == 0.0  # blind regions: one frame
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["parameters"]["features_relative_to_track"] is None

@@ -75,8 +75,8 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
     births, deaths = np.asarray(births), np.asarray(deaths)
     ax.scatter(births, deaths, s=5, c=FIELD_COLOUR, edgecolors="none", label="pairs")
     if len(births):
-        lo = float(min(np.min(deaths), min((c["death"] for c in candidates), default=0)))
-        hi = float(max(np.max(births), max((c["birth"] for c in candidates), default=0)))
+        lo = min([float(np.min(deaths))] + [c["death"] for c in candidates])
+        hi = max([float(np.max(births))] + [c["birth"] for c in candidates])
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.5)
     cmap = plt.get_cmap("tab10")
     for c in candidates:
@@ -107,8 +107,10 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
         _band(sky, track, "phi1", "phi2", colour=cmap(i % 10))
         if track is not None:
             x = track.phi1[len(track.phi1) // 2]
-            sky.annotate(f"#{i}", (x, track.at(x, "phi2")), xytext=(0, 8),
-                         textcoords="offset points", fontsize=8, color=cmap(i % 10))
+            match = candidates[i].get("match") if i < len(candidates) else None
+            sky.annotate(f"#{i}" + (f" {match['name']}" if match else ""),
+                         (x, track.at(x, "phi2")), xytext=(0, 10), textcoords="offset points",
+                         fontsize=9, color=cmap(i % 10), fontweight="bold")
     sky.set_xlabel("phi1 [deg]")
     sky.set_ylabel("phi2 [deg]")
     sky.set_title("sky, stream frame: members by probability, fitted tracks")
