@@ -187,6 +187,12 @@ def _service(args):
                             getattr(args, "bucket", None))
 
 
+#: ``submit`` flags (argparse dest) and the message fields they set, as given.
+_SUBMIT_FIELDS = (("input", "source"), ("shards", "shards"), ("submitted_by", "submittedBy"),
+                  ("seed", "seed"), ("priority", "priority"), ("n_background", "nBackground"),
+                  ("n_stream", "nStream"))
+
+
 def cmd_submit(args) -> int:
     from .service import new_job_id, submit
 
@@ -197,24 +203,14 @@ def cmd_submit(args) -> int:
         message["region"] = region
     if args.stream_key is not None:
         message["streamKey"] = args.stream_key
-    if args.input:
-        message["source"] = args.input
     if args.columns:
         from .data.catalogue import parse_columns_map
 
         message["columns"] = parse_columns_map(args.columns)
-    if args.shards is not None:
-        message["shards"] = args.shards
-    if args.submitted_by:
-        message["submittedBy"] = args.submitted_by
-    if args.seed is not None:
-        message["seed"] = args.seed
-    if args.priority is not None:
-        message["priority"] = args.priority
-    if args.n_background is not None:
-        message["nBackground"] = args.n_background
-    if args.n_stream is not None:
-        message["nStream"] = args.n_stream
+    for attr, name in _SUBMIT_FIELDS:  # flags that pass through as message fields
+        value = getattr(args, attr)
+        if value is not None and value != "":
+            message[name] = value
     if args.member_probability != DEFAULT_MEMBER_PROBABILITY:
         message["memberProbability"] = args.member_probability
     if args.photometry is not None:

@@ -58,7 +58,7 @@ IAM_NAME = {"s3:ListObjectsV2": "s3:ListBucket", "s3:HeadBucket": "s3:ListBucket
             "s3:PutBucketEncryption": "s3:PutEncryptionConfiguration",
             "s3:PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
             "s3:PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
-            "s3:DeleteObjects": "s3:DeleteObject"}
+            "s3:DeleteObjects": "s3:DeleteObject", "s3:HeadObject": "s3:GetObject"}
 # high-level helpers -> the operation they perform
 HELPERS = {("s3", "download_file"): "GetObject", ("s3", "upload_file"): "PutObject"}
 CLIENTS = ("sqs", "s3", "dynamodb")

@@ -259,3 +259,9 @@ def test_gpu_actors_on_a_local_instance_without_gpus_are_refused(tmp_path, capsy
     _refused(capsys, ["recover", "--out", str(tmp_path / "o"), "--num-cpus", "1"],
              "RAY_APP_GPUS_PER_ACTOR=1", "0 GPU(s)")
     assert _jobs(tmp_path / "ray-app-home") == []
+
+
+def test_more_actors_than_local_cpus_is_refused_not_hung(tmp_path, capsys):
+    _refused(capsys, ["recover", "--out", str(tmp_path / "o"), "--num-cpus", "1",
+                      "--max-actors", "4"], "--max-actors 4 needs 4 CPUs", "has 1")
+    assert _jobs(tmp_path / "ray-app-home") == []

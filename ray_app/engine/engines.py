@@ -23,6 +23,9 @@ from .orchestrate import (
     worker_backend,
 )
 
+#: CPUs a density actor reserves (the pool's default).
+ACTOR_CPUS = 1.0
+
 #: Default memory one actor may use for a shard (bytes); ``RAY_APP_MEMORY_PER_ACTOR`` overrides.
 DEFAULT_MEMORY_PER_ACTOR = 4 * 2**30
 
@@ -153,8 +156,15 @@ class RayEngine:
             raise ValueError(f"RAY_APP_GPUS_PER_ACTOR={num_gpus_per_actor:g} but this local "
                              f"Ray instance has {gpus:g} GPU(s): unset it, or run on a "
                              "cluster that can add GPU nodes")
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if self._owns_ray and max_actors * ACTOR_CPUS > cpus:
+            ray.shutdown()
+            raise ValueError(f"--max-actors {max_actors} needs {max_actors * ACTOR_CPUS:g} CPUs "
+                             f"({ACTOR_CPUS:g} per density actor) but this local Ray instance "
+                             f"has {cpus:g}: lower --max-actors or raise --num-cpus")
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
         self.pool = DensityPool(max_actors=max_actors, num_gpus=num_gpus_per_actor,
+                                num_cpus=ACTOR_CPUS,
                                 prefer_backend=prefer_backend, idle_release_s=idle_release_s,
                                 min_actors=min_actors)
 

@@ -12,9 +12,10 @@ import json
 import sqlite3
 import time
 import uuid
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sqlite_tx import ImmediateTx
 
 
 @dataclass
@@ -162,7 +163,7 @@ class SqliteQueue:
 
     def _tx(self):
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        return _Immediate(conn)
+        return ImmediateTx(conn, close=True)
 
     def send(self, body: dict | str, delay_s: int = 0, url: str | None = None,
              attributes: dict | None = None) -> str:
@@ -248,19 +249,3 @@ class SqliteQueue:
             total = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
             dead = c.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
         return {"visible": visible, "in_flight": total - visible, "dead": dead}
-
-
-class _Immediate:
-    """A write transaction taken at once (BEGIN IMMEDIATE), so two local drivers never
-    receive the same message."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb):
-        with closing(self.conn):
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

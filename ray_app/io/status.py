@@ -28,6 +28,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .sqlite_tx import ImmediateTx
+
 PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED"
 FINAL = (COMPLETED, FAILED)
 MAX_ERROR = 1000
@@ -66,7 +68,7 @@ class SqliteStatusStore:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
-        return _Tx(conn)
+        return ImmediateTx(conn)
 
     def _ensure(self, job_id: str, params: dict | None, now: float) -> None:
         """A PENDING row for a job first seen through the queue (no-op if it exists)."""
@@ -189,21 +191,6 @@ class SqliteStatusStore:
             rows = c.execute(q + " ORDER BY updatedAt DESC LIMIT ?",
                              ((status, limit) if status else (limit,))).fetchall()
         return [_row(dict(r)) for r in rows]
-
-
-class _Tx:
-    """A BEGIN IMMEDIATE ... COMMIT block: conditions and writes are atomic across processes."""
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
 
 
 def _row(r: dict) -> dict:
