@@ -190,7 +190,7 @@ def _service(args):
 #: ``submit`` flags (argparse dest) and the message fields they set, as given.
 _SUBMIT_FIELDS = (("input", "source"), ("shards", "shards"), ("submitted_by", "submittedBy"),
                   ("seed", "seed"), ("priority", "priority"), ("n_background", "nBackground"),
-                  ("n_stream", "nStream"))
+                  ("n_stream", "nStream"), ("cache", "cache"))
 
 
 def cmd_submit(args) -> int:
@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "input's columns")
     sb.add_argument("--shards", type=_number, default=None,
                     help="shards: phi1 slabs, 1..4096 (default: from the star count)")
+    sb.add_argument("--cache", help="cache: where Gaia chunks are cached, s3://bucket/prefix "
+                                    "(default: cache/gaia beside the service's results)")
     sb.add_argument("--seed", type=_number, default=None,
                     help="seed of the synthetic catalogue and of the null (default: 42)")
     sb.add_argument("--priority", type=_number, default=None,

@@ -36,6 +36,8 @@ FIELDS = {
     "source": "optional: 'synthetic' (default), 'gaia-dr3' (the Gaia archive, cached) or a "
               "Parquet path / s3:// URI",
     "columns": "optional object: the source's column names -> ours, e.g. {\"RA_ICRS\": \"ra\"}",
+    "cache": "optional: where Gaia chunks are cached, s3://bucket/prefix (gaia-dr3 sources; "
+             "default: cache/gaia beside the service's results)",
     "shards": f"optional integer in [1, {MAX_SHARDS}]",
     "priority": "optional integer in [0, 9]",
     "submittedBy": "optional string, at most 256 characters",
@@ -74,6 +76,7 @@ class JobSpec:
     region: dict | None = None
     member_probability: float = DEFAULT_MEMBER_PROBABILITY
     photometry: dict | None = None
+    cache: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_message(self) -> dict:
@@ -95,6 +98,8 @@ class JobSpec:
             msg["memberProbability"] = self.member_probability
         if self.photometry is not None:
             msg["photometry"] = "none" if self.photometry.get("off") else self.photometry
+        if self.cache is not None:
+            msg["cache"] = self.cache
         return msg
 
 
@@ -161,6 +166,11 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
         source = msg.get("source", "synthetic")
         if not isinstance(source, str) or not source or len(source) > 1024:
             raise ValueError(f"source must be 'synthetic' or a path/URI string, got {source!r}")
+        cache = msg.get("cache")
+        if cache is not None and (not isinstance(cache, str) or not cache.startswith("s3://")
+                                  or len(cache) > 1024):
+            raise ValueError(f"cache must be an s3://bucket/prefix URI (the cluster's drivers "
+                             f"share it), got {cache!r}")
         submitted_by = msg.get("submittedBy")
         if submitted_by is not None and (not isinstance(submitted_by, str)
                                          or len(submitted_by) > 256):
@@ -176,7 +186,7 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
             n_stream=_int_field(msg, "nStream", 0, 10**7, 500),
             member_probability=validate_member_probability(
                 msg.get("memberProbability", DEFAULT_MEMBER_PROBABILITY)),
-            photometry=parse_photometry(msg.get("photometry")))
+            photometry=parse_photometry(msg.get("photometry")), cache=cache)
     except InvalidJob as exc:
         exc.job_id = readable
         raise

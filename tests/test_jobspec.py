@@ -59,3 +59,16 @@ def test_job_id_rules():
     for bad in ("../x", "a/b", "x" * 129, "", None, "a b", "é"):
         with pytest.raises(InvalidJob):
             validate_job_id(bad)
+
+
+def test_cache_member_probability_and_photometry_fields():
+    spec = parse_job({"jobId": "c-1", "streamKey": "gd-1", "source": "gaia-dr3",
+                      "cache": "s3://b/cache", "memberProbability": 0.8,
+                      "photometry": {"magnitude": "g", "colour": "g-i"}})
+    assert spec.cache == "s3://b/cache" and spec.member_probability == 0.8
+    assert parse_job(spec.to_message()) == spec  # the message round-trips
+    for bad, needle in (({"cache": "/local/dir"}, "cache must be an s3://"),
+                        ({"memberProbability": 0}, "memberProbability"),
+                        ({"photometry": {"magnitude": "g"}}, "photometry")):
+        with pytest.raises(InvalidJob, match=needle):
+            parse_job({"jobId": "c-2", "streamKey": "gd-1", **bad})

@@ -240,7 +240,8 @@ class Driver:
 
     def _params(self, spec: JobSpec, out: Path) -> RecoverParams:
         input_path = None if spec.source == "synthetic" else spec.source
-        cache = self.results.cache_location() if spec.source in GAIA_SOURCES else None
+        cache = (spec.cache or self.results.cache_location()) if spec.source in GAIA_SOURCES \
+            else None
         return RecoverParams(stream_key=spec.stream_key, region=spec.region, cache=cache,
                              n_neighbors=spec.n_neighbors,
                              sigma_threshold=spec.sigma_threshold, input_path=input_path,
