@@ -15,11 +15,15 @@ few EM iterations starting from the core:
     ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow
     by :data:`GROW_DEG` beyond the current members per iteration, so a long stream is
     followed out of its core).
-**Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab)``
-    ``h``: the smoothed sky histogram of the non-members; ``q``: the non-members' kNN
-    density in the kinematic space (k = :data:`FIELD_K`, each axis scaled by the field's own
-    robust spread) within ~10 deg phi1 slabs, so the field's proper-motion gradients along a
-    long footprint are followed.
+**Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab, error)``
+    learnt from *control* stars, farther than max(1 deg, 4 widths) from the track: never
+    from the stars the model currently calls non-members (that circularity lets EM run away
+    in either direction). ``h``: the control stars' smoothed sky histogram with the track's
+    band filled in from both sides; ``q``: their kNN density in the kinematic space (k =
+    :data:`FIELD_K`, each axis scaled by the field's own robust spread) within ~10 deg phi1
+    slabs (the field's proper-motion gradients along a long footprint are followed) and,
+    where errors are known, conditional on the star's error (a faint star is compared with
+    equally blurred field stars).
 **Photometry** (optional) multiplies both by a colour-magnitude density learnt from the data:
     the stream's is a weighted, Gaussian-smoothed histogram of its members (plus 5 % of the
     field's, so a member off the learnt locus is down-weighted, not excluded); the field's,
@@ -158,6 +162,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     core_spread = {name: max(_spread(resid_base[name][core] - np.median(
         resid_base[name][core])), WIDTH_FLOOR[name]) for name in TRACK_FEATURES}
     field_kin = _field_scales(raw)
+    # the field is compared at the star's measurement quality where errors are known
+    e = errors.get("pm_phi1_cosphi2") if errors else None
+    quality = np.log(np.clip(np.nan_to_num(np.asarray(e, dtype=np.float64), nan=1.0), 1e-3,
+                             None)) if e is not None else None
     cmd = _cmd_arrays(photometry, n)
 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
@@ -197,7 +205,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
         log_b = _log_sky(raw, resid["phi2"], band, control) + _log_kinematics(
-            raw, control, field_kin)
+            raw, control, field_kin, quality)
         if cmd is not None:
             cs, cb = _log_cmd(cmd, w, control)
             log_s += cs
@@ -322,11 +330,21 @@ def _field_scales(raw) -> np.ndarray:
     return np.array([max(_spread(raw[name]), 1e-3) for name in KIN])
 
 
-def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray,
+def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
                     slab_deg: float = 10.0, min_stars: int = 200) -> np.ndarray:
-    """log kNN density of the reference (field) stars in (pm1, pm2, parallax), per slab."""
+    """log density of the reference (field) stars in (pm1, pm2, parallax), per phi1 slab.
+
+    ``cond`` (optional, per star): a measure of measurement quality (log error). The density
+    is then conditional on it, ``q(kin | cond) = q(kin, cond) / q(cond)`` (two kNN densities):
+    a faint star's observed motion is compared with faint field stars, whose observed motions
+    are as blurred as its own, not with the sharp distribution of bright ones.
+    """
     phi1 = raw["phi1"]
     Y = np.column_stack([raw[name] for name in KIN]) / scales
+    if cond is not None:
+        c = np.asarray(cond, dtype=np.float64)
+        c = (c - np.median(c)) / max(_spread(c), 1e-6)
+        Y = np.column_stack([Y, c])
     out = np.empty(len(phi1))
     order = np.argsort(phi1, kind="stable")
     # slabs of ~slab_deg with at least min_stars reference stars (merged when sparse)
@@ -344,21 +362,28 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray,
             end = len(order)
         edges.append(end)
         start = end
-    log_v3 = 1.5 * np.log(np.pi) - gammaln(2.5)
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         rows = order[a:b]
         ref = rows[reference[rows]]
         if len(ref) < 2:
             ref = rows
-        k = min(FIELD_K, len(ref) - 1)
-        tree = cKDTree(Y[ref])
-        dist, _ = tree.query(Y[rows], k=k + 1)
-        dist = dist.reshape(len(rows), k + 1)
-        # a reference star finds itself first: its k-th neighbour is one further out
-        rk = np.where(reference[rows], dist[:, k], dist[:, k - 1])
-        rk = np.maximum(rk, 1e-6)
-        out[rows] = np.log(k) - np.log(len(ref)) - log_v3 - 3 * np.log(rk)
+        is_ref = reference[rows] if len(ref) < len(rows) or reference[rows].all() else \
+            np.ones(len(rows), bool)
+        out[rows] = _knn_log_density(Y[ref], Y[rows], is_ref)
+        if cond is not None:
+            out[rows] -= _knn_log_density(Y[ref][:, -1:], Y[rows][:, -1:], is_ref)
     return out - np.sum(np.log(scales))
+
+
+def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray) -> np.ndarray:
+    """log kNN density of ``ref`` at ``query`` (a reference star does not count itself)."""
+    d = ref.shape[1]
+    k = min(FIELD_K, len(ref) - 1)
+    dist, _ = cKDTree(ref).query(query, k=k + 1)
+    dist = dist.reshape(len(query), k + 1)
+    rk = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
+    log_vd = 0.5 * d * np.log(np.pi) - gammaln(0.5 * d + 1)
+    return np.log(k) - np.log(len(ref)) - log_vd - d * np.log(rk)
 
 
 def _cmd_arrays(photometry, n):
