@@ -95,7 +95,11 @@ def main() -> None:
     ap.add_argument("--frames", choices=("all", "registry"), default="all",
                     help="search the default tilted frames, or the registry frame only")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("injection_recovery.png")))
+    ap.add_argument("--replot", help="only redraw --plot from this JSON of an earlier run")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args.plot)
+        return
     rows = []
     t0 = time.perf_counter()
     print("| stream | injected (gen.) | kept after cuts | detected | median sigma | "
@@ -130,25 +134,39 @@ def main() -> None:
           f"background {args.background} field stars per job; injected tilt {args.tilt:g} "
           f"deg; frames searched: {args.frames}")
     Path(args.plot).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    plot(rows, args.plot)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Detection rate and member completeness against richness, one line per stream (markers
+    differ and lines are nudged apart so streams at the same value stay visible)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    for s in args.streams:
+    streams = list(dict.fromkeys(r["stream"] for r in rows))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, s in enumerate(streams):
         rr = [r for r in rows if r["stream"] == s and r["richness"] > 0]
-        x = [r["richness"] for r in rr]
-        ax[0].plot(x, [r["detection_rate"] for r in rr], "o-", label=s)
-        ax[1].plot(x, [r["completeness"] for r in rr], "o-", label=s)
+        x = [r["richness"] * (1 + 0.03 * (i - len(streams) / 2)) for r in rr]
+        style = {"marker": "osD^v<>"[i % 7], "label": s, "alpha": 0.85}
+        ax[0].plot(x, [r["detection_rate"] for r in rr], "-", **style)
+        ax[1].plot(x, [r["completeness"] for r in rr], "-", **style)
+    ticks = sorted({r["richness"] for r in rows if r["richness"] > 0})
     for a, lab in zip(ax, ("detection rate (sigma >= 5)", "member completeness"), strict=True):
         a.set_xscale("log")
+        a.set_xticks(ticks, [str(t) for t in ticks])
+        a.xaxis.set_minor_formatter(NullFormatter())
         a.set_xlabel("injected members")
         a.set_ylabel(lab)
         a.set_ylim(-0.05, 1.05)
-    ax[0].legend()
+        a.grid(alpha=0.3)
+    ax[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(args.plot, dpi=110)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
