@@ -364,11 +364,10 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         start = end
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         rows = order[a:b]
-        ref = rows[reference[rows]]
-        if len(ref) < 2:
-            ref = rows
-        is_ref = reference[rows] if len(ref) < len(rows) or reference[rows].all() else \
-            np.ones(len(rows), bool)
+        is_ref = reference[rows]
+        if is_ref.sum() < 2:  # a slab without field of its own: its stars stand for it
+            is_ref = np.ones(len(rows), bool)
+        ref = rows[is_ref]
         out[rows] = _knn_log_density(Y[ref], Y[rows], is_ref)
         if cond is not None:
             out[rows] -= _knn_log_density(Y[ref][:, -1:], Y[rows][:, -1:], is_ref)
