@@ -115,12 +115,13 @@ def check_source(source: str) -> None:
                          "cannot read: upload it (s3://bucket/key) or use 'synthetic' / "
                          "'gaia-dr3'")
     if source.startswith("s3://"):
-        import boto3
         from botocore.exceptions import ClientError
+
+        from .io import aws
 
         bucket, _, key = source[5:].partition("/")
         try:
-            boto3.client("s3").head_object(Bucket=bucket, Key=key)
+            aws.client("s3").head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NoSuchBucket", "403"):
                 raise ValueError(f"source {source!r} cannot be read: "

@@ -108,3 +108,26 @@ def test_concurrent_claims_have_one_winner(tmp_path):
     for t in threads:
         t.join()
     assert len(wins) == 1
+
+
+def test_every_aws_client_uses_standard_retries(moto_server):
+    from ray_app.io.queue import SqsQueue
+    from ray_app.io.results import S3ResultStore
+    from ray_app.io.status import DynamoStatusStore
+
+    clients = [DynamoStatusStore("t").dynamodb, S3ResultStore("b").s3,
+               SqsQueue("http://127.0.0.1/q").sqs]
+    for c in clients:
+        assert c.meta.config.retries["mode"] == "standard"
+
+
+def test_dynamodb_values_round_trip_exactly():
+    from ray_app.io.status import _ddb, _py
+
+    big = 2**63 - 1  # the largest source_id; floats would turn it into 9223372036854775808
+    value = {"sid": big, "small": 3, "x": 0.1, "f": 3.0, "ok": True, "none": None,
+             "list": [big - 1, "a", 2.5], "nested": {"n": -(2**62)}}
+    assert _py(_ddb(value)) == value
+    assert isinstance(_py(_ddb(3.0)), float) and isinstance(_py(_ddb(3)), int)
+    with pytest.raises(TypeError):
+        _ddb(float("nan"))

@@ -57,11 +57,11 @@ class S3BlobCache:
     """Objects ``s3://<bucket>/<prefix>/<key>.parquet`` (boto3; ``AWS_ENDPOINT_URL`` honoured)."""
 
     def __init__(self, bucket: str, prefix: str = "cache/gaia", client=None):
-        import boto3
+        from . import aws
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.s3 = client or boto3.client("s3")
+        self.s3 = client or aws.client("s3")
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{_check(key)}.parquet"

@@ -56,9 +56,9 @@ class ServiceNames:
 
 
 def _clients(sqs=None, s3=None, dynamodb=None):
-    import boto3
+    from . import aws
 
-    return sqs or boto3.client("sqs"), s3 or boto3.client("s3"), dynamodb or boto3.client(
+    return sqs or aws.client("sqs"), s3 or aws.client("s3"), dynamodb or aws.client(
         "dynamodb")
 
 

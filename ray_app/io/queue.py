@@ -36,10 +36,10 @@ class SqsQueue:
     """
 
     def __init__(self, url: str, client=None):
-        import boto3
+        from . import aws
 
         self.url = url
-        self.sqs = client or boto3.client("sqs")
+        self.sqs = client or aws.client("sqs")
         self._dlq_url: str | None = None
 
     def receive(self, max_messages: int, wait_s: int = 20,

@@ -62,10 +62,10 @@ class S3ResultStore:
     """``s3://<bucket>/jobs/<jobId>/`` through boto3 (``AWS_ENDPOINT_URL`` honoured)."""
 
     def __init__(self, bucket: str, client=None, prefix: str = "jobs"):
-        import boto3
+        from . import aws
 
         self.bucket = bucket
-        self.s3 = client or boto3.client("s3")
+        self.s3 = client or aws.client("s3")
         self.base = prefix.strip("/")
 
     def prefix(self, job_id: str) -> str:

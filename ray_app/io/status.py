@@ -21,11 +21,14 @@ resultPrefix, params (JSON), history (list of {t, status, progress, stage}).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 from .sqlite_tx import ImmediateTx
@@ -206,10 +209,10 @@ class DynamoStatusStore:
     """
 
     def __init__(self, table: str, client=None, ttl_days: float = 30.0):
-        import boto3
+        from . import aws
 
         self.table = table
-        self.dynamodb = client or boto3.client("dynamodb")
+        self.dynamodb = client or aws.client("dynamodb")
         self.ttl_s = ttl_days * 86400
 
     def _cond_update(self, job_id: str, sets: dict, condition: str, values: dict,
@@ -406,34 +409,44 @@ class _Raw:
         self.expr = expr
 
 
+@functools.cache
+def _serializers():
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer(), TypeDeserializer()
+
+
 def _ddb(v):
-    """Python value -> DynamoDB attribute value."""
-    if isinstance(v, bool):
-        return {"BOOL": v}
-    if isinstance(v, int | float):
-        return {"N": repr(float(v)) if isinstance(v, float) else str(v)}
-    if isinstance(v, str):
-        return {"S": v}
+    """Python value -> DynamoDB attribute value (boto3's TypeSerializer: integers of any size
+    stay exact, e.g. source_ids up to 2^63; floats go through Decimal)."""
+    return _serializers()[0].serialize(_to_decimal(v))
+
+
+def _to_decimal(v):
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise TypeError(f"cannot store {v!r} in DynamoDB")
+        return Decimal(repr(v))
     if isinstance(v, dict):
-        return {"M": {k: _ddb(x) for k, x in v.items()}}
+        return {k: _to_decimal(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return {"L": [_ddb(x) for x in v]}
-    if v is None:
-        return {"NULL": True}
-    raise TypeError(f"cannot store {type(v).__name__} in DynamoDB")
+        return [_to_decimal(x) for x in v]
+    return v
 
 
 def _py(v: dict):
-    (t, x), = v.items()
-    if t == "N":
-        f = float(x)
-        return int(f) if f.is_integer() and "." not in x and "e" not in x.lower() else f
-    if t == "M":
-        return {k: _py(y) for k, y in x.items()}
-    if t == "L":
-        return [_py(y) for y in x]
-    if t == "NULL":
-        return None
+    """DynamoDB attribute value -> Python (TypeDeserializer; numbers written without a
+    fraction come back as exact ints, the others as floats)."""
+    return _from_decimal(_serializers()[1].deserialize(v))
+
+
+def _from_decimal(x):
+    if isinstance(x, Decimal):
+        return int(x) if x.as_tuple().exponent >= 0 else float(x)
+    if isinstance(x, dict):
+        return {k: _from_decimal(y) for k, y in x.items()}
+    if isinstance(x, list):
+        return [_from_decimal(y) for y in x]
     return x
 
 
