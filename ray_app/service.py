@@ -79,9 +79,12 @@ def submit(service: Service, message: dict) -> JobSpec:
     if service.queue is None:
         raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
     if service.mode == "local":  # the local driver reads local paths: pass it an absolute one
+        from .config import GAIA_SOURCES
+        from .data.catalogue import is_uri
+
         source = message.get("source")
-        if isinstance(source, str) and source not in ("synthetic", "gaia", "gaia-dr3") \
-                and "://" not in source:
+        if isinstance(source, str) and source != "synthetic" and source not in GAIA_SOURCES \
+                and not is_uri(source):
             if not Path(source).exists():
                 raise ValueError(f"source {source!r} does not exist")
             message = {**message, "source": str(Path(source).resolve())}

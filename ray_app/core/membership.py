@@ -44,7 +44,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.special import gammaln
 
-from .tracks import TRACK_FEATURES, Track, fit_track
+from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, weighted_quantile
 
 #: Default ``memberProbability``: members are the stars more likely stream than field.
 DEFAULT_MEMBER_PROBABILITY = 0.5
@@ -171,7 +171,6 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
     if base_track is not None:  # a named stream is expected along its whole registry track
         lo, hi = min(lo, float(base_track.phi1[0])), max(hi, float(base_track.phi1[-1]))
-    frac = len(core) / n
     track = None
     widths = {}
     iterations = 0
@@ -247,14 +246,13 @@ def _spread(v, w=None) -> float:
     if not ok.any():
         return 0.0
     v, w = v[ok], w[ok]
-    med = _wmedian(v, w)
-    return 1.4826 * _wmedian(np.abs(v - med), w)
+    med = weighted_quantile(v, w, 0.5)
+    return 1.4826 * weighted_quantile(np.abs(v - med), w, 0.5)
 
 
-def _wmedian(v, w) -> float:
-    o = np.argsort(v, kind="stable")
-    c = np.cumsum(w[o])
-    return float(v[o][min(int(np.searchsorted(c, 0.5 * c[-1])), len(v) - 1)])
+def _bin_of(x, edges, n_bins: int) -> np.ndarray:
+    """Index of the histogram bin (of ``edges``) holding each ``x``, clipped to the range."""
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
 
 
 def _flat(track: Track, phi1, name) -> np.ndarray:
@@ -281,7 +279,7 @@ def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
     hist = np.where(inside, hist, 0.0)
     dens = 0.5 * hist / max(hist.sum() * bin_deg, 1e-300) + 0.5 * inside / max(
         inside.sum() * bin_deg, 1e-300)
-    idx = np.clip(np.searchsorted(edges, phi1, side="right") - 1, 0, len(hist) - 1)
+    idx = _bin_of(phi1, edges, len(hist))
     with np.errstate(divide="ignore"):
         return np.log(dens[idx])
 
@@ -301,8 +299,7 @@ def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
         b2 = np.array([phi2.min() - 1, phi2.max() + 1])
     h, _, _ = np.histogram2d(phi1[control], phi2[control], bins=(b1, b2))
     # bins inside the band: where the control stars are not counted
-    i = np.clip(np.searchsorted(b1, phi1, side="right") - 1, 0, h.shape[0] - 1)
-    j = np.clip(np.searchsorted(b2, phi2, side="right") - 1, 0, h.shape[1] - 1)
+    i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(phi2, b2, h.shape[1])
     offset = np.zeros(h.shape)
     np.add.at(offset, (i, j), phi2 - resid_phi2)  # track phi2 at each star, summed per bin
     count = np.zeros(h.shape)
@@ -348,20 +345,7 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
     out = np.empty(len(phi1))
     order = np.argsort(phi1, kind="stable")
     # slabs of ~slab_deg with at least min_stars reference stars (merged when sparse)
-    edges = [0]
-    ref_sorted = reference[order]
-    cum = np.concatenate([[0], np.cumsum(ref_sorted)])
-    p_sorted = phi1[order]
-    start = 0
-    while start < len(order):
-        end = int(np.searchsorted(p_sorted, p_sorted[start] + slab_deg, side="left"))
-        end = max(end, start + 1)
-        while end < len(order) and cum[end] - cum[start] < min_stars:
-            end += 1
-        if cum[-1] - cum[end] < min_stars:
-            end = len(order)
-        edges.append(end)
-        start = end
+    edges = phi1_bins(phi1[order], reference[order], slab_deg, min_stars)
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         rows = order[a:b]
         is_ref = reference[rows]
@@ -413,8 +397,7 @@ def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
 
     field_h = density(control.astype(float))
     stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
-    i = np.clip(np.searchsorted(c_edges, colour, side="right") - 1, 0, field_h.shape[0] - 1)
-    j = np.clip(np.searchsorted(m_edges, mag, side="right") - 1, 0, field_h.shape[1] - 1)
+    i, j = _bin_of(colour, c_edges, field_h.shape[0]), _bin_of(mag, m_edges, field_h.shape[1])
     tiny = 1e-12
     ls = np.where(ok, np.log(np.maximum(stream_h[i, j], tiny)), 0.0)
     lb = np.where(ok, np.log(np.maximum(field_h[i, j], tiny)), 0.0)

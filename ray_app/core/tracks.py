@@ -183,7 +183,7 @@ def fit_track(phi1, features: dict, weights=None, knot_spacing_deg: float = 3.0,
                          f"{w.sum():.1f}")
     order = np.argsort(phi1, kind="stable")
     p, ww = phi1[order], w[order]
-    edges = _bins(p, ww, knot_spacing_deg, min_stars)
+    edges = phi1_bins(p, ww, knot_spacing_deg, min_stars)
     nodes, values, widths = [], {n: [] for n in features}, {n: [] for n in features}
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sl = slice(lo, hi)
@@ -191,8 +191,8 @@ def fit_track(phi1, features: dict, weights=None, knot_spacing_deg: float = 3.0,
         for name, col in features.items():
             v = np.asarray(col, dtype=np.float64)[order][sl]
             good = np.isfinite(v)
-            med = _wquantile(v[good], ww[sl][good], 0.5)
-            mad = _wquantile(np.abs(v[good] - med), ww[sl][good], 0.5)
+            med = weighted_quantile(v[good], ww[sl][good], 0.5)
+            mad = weighted_quantile(np.abs(v[good] - med), ww[sl][good], 0.5)
             values[name].append(med)
             widths[name].append(1.4826 * mad)
     nodes = np.array(nodes)
@@ -202,8 +202,10 @@ def fit_track(phi1, features: dict, weights=None, knot_spacing_deg: float = 3.0,
                  source=source)
 
 
-def _bins(p, w, spacing, min_stars) -> list[int]:
-    """Index edges of consecutive phi1 bins ~``spacing`` wide with >= ``min_stars`` weight."""
+def phi1_bins(p, w, spacing, min_stars) -> list[int]:
+    """Index edges of consecutive bins of the sorted ``p``, each ~``spacing`` wide and holding
+    at least ``min_stars`` of weight ``w`` (widened until it does; a too-light remainder joins
+    the last bin)."""
     edges, start = [0], 0
     cum = np.concatenate([[0.0], np.cumsum(w)])
     n = len(p)
@@ -219,7 +221,8 @@ def _bins(p, w, spacing, min_stars) -> list[int]:
     return edges
 
 
-def _wquantile(v, w, q) -> float:
+def weighted_quantile(v, w, q) -> float:
+    """The ``q`` quantile of ``v`` with weights ``w`` (NaN when empty or weightless)."""
     if len(v) == 0 or w.sum() <= 0:
         return float("nan")
     o = np.argsort(v, kind="stable")

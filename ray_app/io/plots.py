@@ -37,7 +37,7 @@ def _members_by_probability(ax, x, y, prob, members, vmin):
                       vmax=1.0, edgecolors="none", rasterized=True)
 
 
-def _band(ax, track, x_name, feature, colour="k"):
+def _band(ax, track, feature, colour="k"):
     if track is None:
         return
     x = track.phi1
@@ -104,7 +104,7 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
         sc = _members_by_probability(sky, phi1, phi2, probability, members, member_threshold)
         _members_by_probability(pm, pm1, pm2, probability, members, member_threshold)
     for i, track in enumerate(tracks):
-        _band(sky, track, "phi1", "phi2", colour=cmap(i % 10))
+        _band(sky, track, "phi2", colour=cmap(i % 10))
         if track is not None:
             x = track.phi1[len(track.phi1) // 2]
             match = candidates[i].get("match") if i < len(candidates) else None
@@ -166,7 +166,7 @@ def candidate_plot(path: Path, *, index: int, significance: float, phi1, feature
                    rasterized=True)
         if len(members):
             sc = _members_by_probability(ax, phi1, y, prob, members, member_threshold)
-        _band(ax, track, "phi1", name)
+        _band(ax, track, name)
         ax.set_ylabel(lab)
         # centred on the members (or track), wide enough to show the field around them
         ref = y[members] if len(members) else y
