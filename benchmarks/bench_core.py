@@ -25,13 +25,13 @@ import time
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ray_app.config import RecoverParams
 from ray_app.core.features import stream_features
 from ray_app.core.recovery import calibrate_null, candidates, density, diagram
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import synthetic_catalogue
 from ray_app.engine.engines import InProcessEngine
-from ray_app.runner import run_recovery
+from ray_app.pipeline.params import RecoverParams
+from ray_app.pipeline.runner import run_recovery
 
 
 def _features(n: int, seed: int = 1):

@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_app.config import DEFAULT_FRAME_TILTS, RecoverParams
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import Injection, synthetic_sky
 from ray_app.engine.engines import InProcessEngine
-from ray_app.runner import run_recovery
+from ray_app.pipeline.params import DEFAULT_FRAME_TILTS, RecoverParams
+from ray_app.pipeline.runner import run_recovery
 
 
 def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.0,

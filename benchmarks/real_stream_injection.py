@@ -27,13 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_app.config import RecoverParams
 from ray_app.core.frames import icrs_to_frame
 from ray_app.data.registry import get_stream
 from ray_app.data.sky_model import gaia_parallax_error
 from ray_app.data.synthetic import synthetic_sky
 from ray_app.engine.engines import InProcessEngine
-from ray_app.runner import run_recovery
+from ray_app.pipeline.params import RecoverParams
+from ray_app.pipeline.runner import run_recovery
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 #: StarStream clusters whose stream the registry knows, and its key.

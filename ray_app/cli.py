@@ -99,10 +99,10 @@ def _at_least_one(flag: str, value) -> None:
 
 
 def cmd_recover(args) -> int:
-    from .config import RecoverParams
+    from .io.home import local_home
+    from .io.ids import new_job_id, validate_job_id
     from .io.status import SqliteStatusStore
-    from .jobspec import validate_job_id
-    from .service import local_home, new_job_id
+    from .pipeline.params import RecoverParams
 
     # every option is checked before a job is recorded or any work starts
     _at_least_one("--num-cpus", args.num_cpus)
@@ -122,7 +122,7 @@ def cmd_recover(args) -> int:
                            member_probability=args.member_probability,
                            photometry=args.photometry)
     from .engine.engines import default_engine
-    from .runner import run_recovery
+    from .pipeline.runner import run_recovery
 
     printer = _Progress()
     if args.engine == "ray":  # Ray takes ~10 s to start: say so instead of a silent wait
@@ -194,7 +194,8 @@ _SUBMIT_FIELDS = (("input", "source"), ("shards", "shards"), ("submitted_by", "s
 
 
 def cmd_submit(args) -> int:
-    from .service import new_job_id, submit
+    from .io.ids import new_job_id
+    from .service import submit
 
     message = {"jobId": args.job_id if args.job_id is not None else new_job_id(),
                "nNeighbors": args.n_neighbors, "sigmaThreshold": args.sigma_threshold}
@@ -292,7 +293,7 @@ def cmd_consume(args) -> int:
 
 
 def cmd_dlq(args) -> int:
-    from .jobspec import InvalidJob, parse_job
+    from .service.jobspec import InvalidJob, parse_job
 
     svc = _service(args)
     if svc.queue is None:

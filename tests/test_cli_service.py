@@ -7,10 +7,10 @@ import boto3
 import pytest
 
 from ray_app.cli import EXIT_BAD_INPUT, main
-from ray_app.engine.driver import Driver, DriverConfig
 from ray_app.engine.engines import InProcessEngine
 from ray_app.io.provision import ServiceNames, provision
 from ray_app.service import service_from_env
+from ray_app.service.driver import Driver, DriverConfig
 
 
 @pytest.fixture

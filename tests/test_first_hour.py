@@ -128,7 +128,7 @@ def test_no_prefix_matching(capsys):
 
 
 def test_status_store_does_not_depend_on_cwd(tmp_path, monkeypatch):
-    from ray_app.service import local_home
+    from ray_app.io.home import local_home
 
     monkeypatch.delenv("RAY_APP_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ray_app.config import DEFAULT_FRAME_TILTS, RecoverParams
 from ray_app.core.recovery import candidates, recover
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import Injection, synthetic_sky
 from ray_app.engine.engines import InProcessEngine
-from ray_app.runner import run_recovery
+from ray_app.pipeline.params import DEFAULT_FRAME_TILTS, RecoverParams
+from ray_app.pipeline.runner import run_recovery
 
 
 def _tilted_sky(path, tilt, seed):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ray_app.jobspec import InvalidJob, parse_job, validate_job_id
+from ray_app.io.ids import InvalidJob, validate_job_id
+from ray_app.service.jobspec import parse_job
 
 
 def test_minimal_message_gets_defaults():

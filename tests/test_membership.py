@@ -9,7 +9,7 @@ from ray_app.data.catalogue import CatalogueError, parse_photometry, photometry_
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import Injection, synthetic_sky
 from ray_app.io.outputs import merge_columns
-from ray_app.runner import feature_errors
+from ray_app.pipeline.runner import feature_errors
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import time
 import boto3
 import pytest
 
-from ray_app.engine.driver import Driver, DriverConfig
 from ray_app.engine.engines import InProcessEngine
 from ray_app.io.queue import SqsQueue
 from ray_app.io.results import S3ResultStore
 from ray_app.io.status import COMPLETED, FAILED, DynamoStatusStore
-from ray_app.jobspec import InvalidJob
 from ray_app.service import Service, submit
+from ray_app.service.driver import Driver, DriverConfig
+from ray_app.service.jobspec import InvalidJob
 
 TINY = {"streamKey": "gd-1", "nNeighbors": 8, "nBackground": 400, "nStream": 100}
 

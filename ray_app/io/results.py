@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..jobspec import validate_job_id
+from .ids import validate_job_id
 
 MANIFEST = "manifest.json"
 

@@ -9,18 +9,18 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
-from .config import RecoverParams
-from .core.features import FEATURE_NAMES, feature_matrix, finite_rows, stream_features
-from .core.knn import validate_k
-from .core.membership import membership_probabilities
-from .core.persistence import merge_forests
-from .core.recovery import (
+from .. import __version__
+from ..core.features import FEATURE_NAMES, feature_matrix, finite_rows, stream_features
+from ..core.knn import validate_k
+from ..core.membership import membership_probabilities
+from ..core.persistence import merge_forests
+from ..core.recovery import (
     calibrate_null,
     candidate_labels,
     candidates,
@@ -29,9 +29,9 @@ from .core.recovery import (
     null_shuffle_cell,
     summarize_members,
 )
-from .core.significance import expected_false_candidates
-from .core.tracks import relative_features
-from .data.catalogue import (
+from ..core.significance import expected_false_candidates
+from ..core.tracks import relative_features
+from ..data.catalogue import (
     CatalogueError,
     columns_from_table,
     is_uri,
@@ -39,9 +39,10 @@ from .data.catalogue import (
     read_catalogue,
     validate_columns,
 )
-from .data.synthetic import Injection, synthetic_sky
-from .io import outputs
-from .io.plots import candidate_plot, summary_plot
+from ..data.synthetic import Injection, synthetic_sky
+from ..io import outputs
+from ..io.plots import candidate_plot, summary_plot
+from .params import RecoverParams
 
 ProgressFn = Callable[[int, str], None]
 
@@ -67,11 +68,9 @@ def _versions() -> dict:
     out = {"ray_app": __version__, "python": platform.python_version(), "numpy": np.__version__,
            "scipy": scipy.__version__, "numba": numba.__version__,
            "astropy": astropy.__version__, "pyarrow": pyarrow.__version__}
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:  # the core runs without ray installed
+    try:  # read from the installed metadata: the pipeline does not import Ray itself
+        out["ray"] = metadata.version("ray")
+    except metadata.PackageNotFoundError:  # the in-process engine runs without ray
         pass
     return out
 
@@ -82,8 +81,8 @@ def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
     archive (through the chunk cache) or the seeded synthetic sky."""
     target = params.stream
     if params.gaia:
-        from .data.gaia import GaiaArchive, RetryPolicy, fetch_region
-        from .io.cache import open_cache
+        from ..data.gaia import GaiaArchive, RetryPolicy, fetch_region
+        from ..io.cache import open_cache
 
         def chunk_progress(done: int, total: int) -> None:
             if progress is not None:
@@ -403,8 +402,8 @@ def member_labels(n: int, memberships: list, threshold: float) -> tuple[np.ndarr
 def describe_track(frame, m, member_phi1) -> dict:
     """candidates.json fields of a candidate's fitted track: the track itself, its length
     and width, and the registry stream it coincides with."""
-    from .core.frames import frame_to_icrs
-    from .data.registry import match_track
+    from ..core.frames import frame_to_icrs
+    from ..data.registry import match_track
 
     if m.track is None:
         return {"track": [], "length_deg": 0.0, "width_deg": None, "match": None}

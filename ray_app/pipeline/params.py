@@ -10,15 +10,17 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core.features import FeatureScales
-from .core.knn import validate_k
-from .core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
-from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
-from .data.catalogue import is_uri, parse_columns_map, parse_photometry
-from .data.gaia import QueryCuts
-from .data.regions import Region, parse_region
-from .data.registry import get_stream
-from .io.outputs import check_out_dir
+from ..core.features import FeatureScales
+from ..core.knn import validate_k
+from ..core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
+from ..core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
+from ..data.catalogue import is_uri, parse_columns_map, parse_photometry
+from ..data.gaia import QueryCuts
+from ..data.regions import Region, parse_region
+from ..data.registry import get_stream
+from ..io.home import local_home
+from ..io.outputs import check_out_dir
+from ..io.results import LocalResultStore
 
 DEFAULT_N_NEIGHBORS = 32
 MAX_SHARDS = 4096
@@ -152,8 +154,6 @@ class RecoverParams:
             self.scales = FeatureScales()
         self.gaia = self.input_path in GAIA_SOURCES
         if self.gaia:
-            from .io.results import LocalResultStore
-            from .service import local_home
 
             self.cache = self.cache or LocalResultStore(local_home()).cache_location()
             self.gaia_url = self.gaia_url or os.environ.get("RAY_APP_GAIA_URL",

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io.queue import SqliteQueue, SqsQueue
-from .io.results import LocalResultStore, S3ResultStore
-from .io.status import DynamoStatusStore, SqliteStatusStore
+from ..data.catalogue import is_uri
+from ..io.home import local_home
+from ..io.queue import SqliteQueue, SqsQueue
+from ..io.results import LocalResultStore, S3ResultStore
+from ..io.status import DynamoStatusStore, SqliteStatusStore
+from ..pipeline.params import GAIA_SOURCES
 from .jobspec import JobSpec, parse_job
 
 log = logging.getLogger(__name__)
@@ -35,16 +37,6 @@ class Service:
     status: object
     results: object
     mode: str
-
-
-def local_home() -> Path:
-    """The embedded local mode's folder: ``$RAY_APP_HOME``, else ``$XDG_DATA_HOME/ray-app``
-    (``~/.local/share/ray-app``), made absolute."""
-    home = os.environ.get("RAY_APP_HOME")
-    if not home:
-        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        home = str(Path(data) / "ray-app")
-    return Path(home).expanduser().resolve()
 
 
 def service_from_env(queue_url: str | None = None, table: str | None = None,
@@ -66,10 +58,6 @@ def service_from_env(queue_url: str | None = None, table: str | None = None,
                    "local")
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
 def submit(service: Service, message: dict) -> JobSpec:
     """Validate, record PENDING, then enqueue. Raises InvalidJob before touching anything.
 
@@ -79,8 +67,6 @@ def submit(service: Service, message: dict) -> JobSpec:
     if service.queue is None:
         raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
     if service.mode == "local":  # the local driver reads local paths: pass it an absolute one
-        from .config import GAIA_SOURCES
-        from .data.catalogue import is_uri
 
         source = message.get("source")
         if isinstance(source, str) and source != "synthetic" and source not in GAIA_SOURCES \
@@ -108,8 +94,6 @@ def submit(service: Service, message: dict) -> JobSpec:
 def check_source(source: str) -> None:
     """What can be checked of a job's input at submit time: a local path cannot be read by
     the cluster's drivers (refused), an s3:// object must exist."""
-    from .config import GAIA_SOURCES
-    from .data.catalogue import is_uri
 
     if source == "synthetic" or source in GAIA_SOURCES:
         return
@@ -120,7 +104,7 @@ def check_source(source: str) -> None:
     if source.startswith("s3://"):
         from botocore.exceptions import ClientError
 
-        from .io import aws
+        from ..io import aws
 
         bucket, _, key = source[5:].partition("/")
         try:
@@ -154,8 +138,8 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
     """
     import signal
 
-    from .engine.driver import Driver, DriverConfig
-    from .engine.engines import default_engine
+    from ..engine.engines import default_engine
+    from .driver import Driver, DriverConfig
 
     service = service or service_from_env()
     config = DriverConfig(capacity=_env("RAY_APP_CAPACITY", 2, int),

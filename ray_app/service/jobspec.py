@@ -11,18 +11,17 @@ default). ``jobId`` becomes an S3 key prefix, so it is restricted to 1-128 chara
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 
-from .config import DEFAULT_N_NEIGHBORS, MAX_SHARDS
-from .core.knn import validate_k
-from .core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
-from .core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
-from .data.catalogue import parse_columns_map, parse_photometry
-from .data.regions import parse_region
-from .data.registry import get_stream
+from ..core.knn import validate_k
+from ..core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
+from ..core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
+from ..data.catalogue import parse_columns_map, parse_photometry
+from ..data.regions import parse_region
+from ..data.registry import get_stream
+from ..io.ids import JOB_ID_PATTERN, InvalidJob, validate_job_id
+from ..pipeline.params import DEFAULT_N_NEIGHBORS, MAX_SHARDS
 
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_MESSAGE_BYTES = 256 * 1024
 
 FIELDS = {
@@ -50,13 +49,6 @@ FIELDS = {
                   "\"none\"; default phot_g_mean_mag and bp_rp when the table has them",
 }
 
-
-class InvalidJob(ValueError):
-    """A message that can never succeed; ``job_id`` is set when it could be read."""
-
-    def __init__(self, message: str, job_id: str | None = None):
-        super().__init__(message)
-        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -101,16 +93,6 @@ class JobSpec:
         if self.cache is not None:
             msg["cache"] = self.cache
         return msg
-
-
-def validate_job_id(value) -> str:
-    """Return the jobId or raise :class:`InvalidJob` (checked before any storage call)."""
-    if not isinstance(value, str) or not JOB_ID_PATTERN.fullmatch(value):
-        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
-        length = len(value) if isinstance(value, str) else None
-        raise InvalidJob(f"jobId must be 1-128 characters of [A-Za-z0-9_-], got {shown!r}"
-                         + (f" (length {length})" if length is not None else ""))
-    return value
 
 
 def _int_field(msg: dict, name: str, lo: int, hi: int | None, default):

@@ -33,11 +33,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import GAIA_SOURCES, RecoverParams
+from ..engine.metrics import job_metrics
 from ..io.status import COMPLETED, FAILED
-from ..jobspec import InvalidJob, JobSpec, parse_job
-from ..runner import run_recovery
-from .metrics import job_metrics
+from ..pipeline.params import GAIA_SOURCES, RecoverParams
+from ..pipeline.runner import run_recovery
+from .jobspec import InvalidJob, JobSpec, parse_job
 
 log = logging.getLogger(__name__)
 
