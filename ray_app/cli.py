@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .core.membership import DEFAULT_MEMBER_PROBABILITY
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
+from .io.status import MAX_LIST, STATUSES
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -253,15 +254,22 @@ def cmd_status(args) -> int:
 
 
 def cmd_jobs(args) -> int:
+    from .io.status import validate_listing
+
+    validate_listing(args.status, args.limit)  # before any service call
     svc = _service(args)
-    rows = svc.status.list(status=args.status, limit=args.limit)
+    rows, cursor = svc.status.list_page(status=args.status, limit=args.limit,
+                                        cursor=args.cursor)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps({"jobs": rows, "cursor": cursor}, indent=2, default=str))
         return 0
     print(f"{'jobId':<24} {'status':<10} {'progress':>8}  {'stage':<14} updated")
     for r in rows:
         print(f"{r['jobId']:<24} {r['status']:<10} {r.get('progress', 0):>7}%  "
               f"{r.get('stage', ''):<14} {r.get('updatedAt', '')}")
+    if cursor:
+        flags = (f" --status {args.status}" if args.status else "") + f" --limit {args.limit}"
+        print(f"more: ray-app jobs{flags} --cursor {cursor}")
     return 0
 
 
@@ -513,11 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     aws_flags(st)
     st.set_defaults(func=cmd_status)
 
-    jb = sub.add_parser("jobs", help="recent jobs", description="Recent jobs, newest first.")
-    jb.add_argument("--status", choices=("PENDING", "RUNNING", "COMPLETED", "FAILED"),
-                    help="only jobs in this state")
-    jb.add_argument("--limit", type=int, default=50, help="at most this many")
-    jb.add_argument("--json", action="store_true", help="machine-readable output")
+    jb = sub.add_parser("jobs", help="recent jobs",
+                        description="Recent jobs, newest first (by last update), a page at a "
+                                    "time: the last line gives the command for the next page.")
+    jb.add_argument("--status", choices=STATUSES, help="only jobs in this state")
+    jb.add_argument("--limit", type=int, default=50,
+                    help=f"at most this many per page (1-{MAX_LIST})")
+    jb.add_argument("--cursor", help="continue after the page that printed this cursor")
+    jb.add_argument("--json", action="store_true",
+                    help="machine-readable output: {\"jobs\": [...], \"cursor\": next or null}")
     aws_flags(jb)
     jb.set_defaults(func=cmd_jobs)
 

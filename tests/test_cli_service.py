@@ -46,6 +46,24 @@ def test_submit_status_jobs_results(env, capsys, tmp_path):
     assert (tmp_path / "dl" / "candidates.json").exists()
 
 
+def test_jobs_pages_with_a_cursor(env, capsys):
+    for i in range(3):
+        assert main(["submit", "gd-1", "--job-id", f"page-{i}"]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "--limit", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:3]] == ["page-2", "page-1"]
+    assert out[-1].startswith("more: ray-app jobs --limit 2 --cursor ")
+    cursor = out[-1].rsplit(" ", 1)[1]
+    assert main(["jobs", "--limit", "2", "--cursor", cursor, "--json"]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert [r["jobId"] for r in page["jobs"]] == ["page-0"] and page["cursor"] is None
+    assert main(["jobs", "--limit", "0"]) == EXIT_BAD_INPUT
+    assert "limit must be an integer in [1, 1000], got 0" in capsys.readouterr().err
+    assert main(["jobs", "--status", "PENDING", "--cursor", cursor]) == EXIT_BAD_INPUT
+    assert "made for status=None" in capsys.readouterr().err
+
+
 def test_submit_rejects_bad_input_before_anything(env, capsys):
     assert main(["submit", "gd-1", "--job-id", "../etc"]) == EXIT_BAD_INPUT
     assert "jobId must be" in capsys.readouterr().err

@@ -131,3 +131,101 @@ def test_dynamodb_values_round_trip_exactly():
     assert isinstance(_py(_ddb(3.0)), float) and isinstance(_py(_ddb(3)), int)
     with pytest.raises(TypeError):
         _ddb(float("nan"))
+
+
+def _fill(store, n, t0):
+    """n jobs in mixed states, each updated at its own second (t0 + i)."""
+    for i in range(n):
+        job = f"job{i:03d}"
+        store.create(job, {}, now=t0 + i)
+        if i % 3 == 1:
+            store.claim(job, "d", 60, now=t0 + i)
+        elif i % 3 == 2:
+            store.claim(job, "d", 60, now=t0 + i - 0.5)
+            store.complete(job, "d", "p", now=t0 + i)
+
+
+@pytest.mark.parametrize("status", [None, PENDING, COMPLETED])
+def test_listing_pages_newest_first_with_a_cursor(store, status):
+    t0 = time.time()
+    _fill(store, 23, t0)
+    want = [f"job{i:03d}" for i in reversed(range(23))
+            if status is None or {0: PENDING, 1: RUNNING, 2: COMPLETED}[i % 3] == status]
+    seen, cursor, pages = [], None, 0
+    while True:
+        items, cursor = store.list_page(status=status, limit=4, cursor=cursor)
+        assert len(items) <= 4
+        seen += [r["jobId"] for r in items]
+        pages += 1
+        if cursor is None:
+            break
+        assert pages < 20, "the cursor does not advance"
+    assert seen == want  # every job once, newest first, across pages
+    assert store.list(status=status, limit=5) == store.list_page(status=status, limit=5)[0]
+
+
+def test_listing_refuses_bad_arguments(store):
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.list_page(status="DONE")
+    with pytest.raises(ValueError, match=r"limit must be an integer in \[1, 1000\], got 0"):
+        store.list_page(limit=0)
+    with pytest.raises(ValueError, match="is not one that a job listing returned"):
+        store.list_page(cursor="not-a-cursor")
+    store.create("a", {})
+    store.create("b", {})
+    _, cursor = store.list_page(status=PENDING, limit=1)
+    with pytest.raises(ValueError, match="made for status='PENDING'"):
+        store.list_page(status=None, cursor=cursor)
+
+
+def test_history_keeps_transitions_and_stays_bounded(store):
+    """A 24 h job heartbeating every 30 s (2880 beats) through a dozen stages: the history
+    holds the transitions only, capped, and the item stays far below DynamoDB's 400 KB."""
+    from ray_app.io.status import MAX_HISTORY
+
+    t0 = time.time()
+    store.create("long", {"streamKey": "gd-1"}, now=t0)
+    assert store.claim("long", "d", 120, now=t0)
+    beats = 2880 if isinstance(store, SqliteStatusStore) else 400  # moto: ~5 ms a call
+    stages = [f"stage{i}" for i in range(12)]
+    for b in range(beats):
+        stage = stages[b * len(stages) // beats]
+        assert store.heartbeat("long", "d", 120, progress=b * 100 // beats, stage=stage,
+                               now=t0 + 30 * (b + 1))
+    rec = store.get("long")
+    assert [h["stage"] for h in rec["history"]] == ["queued", "claimed", *stages]
+    assert rec["progress"] == (beats - 1) * 100 // beats  # the record itself is current
+    # many attempts (lease expiry, redelivery) still cannot grow it past the cap
+    for attempt in range(40):
+        now = t0 + 10**5 + attempt * 1000
+        assert store.claim("long", f"d{attempt}", 10, now=now)
+        assert store.heartbeat("long", f"d{attempt}", 10, stage="density", now=now + 1)
+    rec = store.get("long")
+    assert len(rec["history"]) == MAX_HISTORY
+    assert rec["history"][-1]["stage"] == "density"
+    import json
+
+    assert len(json.dumps(rec)) < 20_000
+
+
+def test_provision_adds_the_status_index_to_an_older_table(aws):
+    """A table created before the index existed gains it on the next provision."""
+    import boto3
+
+    from ray_app.io.provision import provision
+    from ray_app.io.status import STATUS_INDEX
+
+    ddb = boto3.client("dynamodb")
+    ddb.delete_table(TableName=aws["table"])
+    ddb.create_table(TableName=aws["table"], BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "jobId", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}])
+    out = provision(aws["names"])
+    assert out["report"][f"table {aws['table']} index {STATUS_INDEX}"] == "created"
+    indexes = ddb.describe_table(TableName=aws["table"])["Table"]["GlobalSecondaryIndexes"]
+    assert [i["IndexName"] for i in indexes] == [STATUS_INDEX]
+    again = provision(aws["names"])["report"]
+    assert f"table {aws['table']} index {STATUS_INDEX}" not in again  # idempotent
+    store = DynamoStatusStore(aws["table"])
+    store.create("x", {})
+    assert [r["jobId"] for r in store.list(status=PENDING)] == ["x"]

@@ -16,6 +16,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from .status import STATUS_INDEX
+
 MAX_RECEIVES = 3
 DLQ_RETENTION_S = 14 * 86400
 
@@ -143,16 +145,30 @@ def provision(names: ServiceNames, sqs=None, s3=None, dynamodb=None) -> dict:
                    "Expiration": {"Days": names.results_days},
                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]})
 
+    # listings query this index (status, updatedAt) instead of scanning the table
+    index = {"IndexName": STATUS_INDEX, "Projection": {"ProjectionType": "ALL"},
+             "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"},
+                           {"AttributeName": "updatedAt", "KeyType": "RANGE"}]}
+    attributes = [{"AttributeName": "jobId", "AttributeType": "S"},
+                  {"AttributeName": "status", "AttributeType": "S"},
+                  {"AttributeName": "updatedAt", "AttributeType": "S"}]
     try:
-        dynamodb.describe_table(TableName=names.table)
+        table = dynamodb.describe_table(TableName=names.table)["Table"]
         report[f"table {names.table}"] = "unchanged"
+        if not any(i["IndexName"] == STATUS_INDEX
+                   for i in table.get("GlobalSecondaryIndexes", [])):
+            # a table made by an older version: add the index (DynamoDB backfills it)
+            dynamodb.update_table(TableName=names.table, AttributeDefinitions=attributes,
+                                  GlobalSecondaryIndexUpdates=[{"Create": index}])
+            report[f"table {names.table} index {STATUS_INDEX}"] = "created"
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise
         dynamodb.create_table(
             TableName=names.table, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "jobId", "AttributeType": "S"}],
+            AttributeDefinitions=attributes,
             KeySchema=[{"AttributeName": "jobId", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[index],
             SSESpecification={"Enabled": True})
         dynamodb.get_waiter("table_exists").wait(TableName=names.table,
                                                  WaiterConfig={"Delay": 1, "MaxAttempts": 60})

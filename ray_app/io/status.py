@@ -17,11 +17,23 @@ Both implement the same state machine, every transition a *conditional* write::
 Records: jobId, status, progress (0-100), stage, createdAt/startedAt/updatedAt/finishedAt
 (ISO 8601 UTC), attempts, driverId, leaseExpires (epoch s), error (<= 1000 chars),
 resultPrefix, params (JSON), history (list of {t, status, progress, stage}).
+
+``history`` records transitions only (a new status or a new stage), never the periodic
+heartbeats, and keeps the last :data:`MAX_HISTORY` of them: a DynamoDB item is capped at
+400 KB, and a 24-hour job heartbeating every 30 s would otherwise append 2880 entries.
+
+Listing is newest first by ``updatedAt`` and paged by an opaque cursor. In DynamoDB it queries
+the global secondary index :data:`STATUS_INDEX` (hash ``status``, range ``updatedAt``, created
+by ``ray-app provision``): one partition per status, merged newest first when no status is
+asked for. No listing scans the table.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import heapq
+import itertools
 import json
 import math
 import sqlite3
@@ -35,7 +47,41 @@ from .sqlite_tx import ImmediateTx
 
 PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED"
 FINAL = (COMPLETED, FAILED)
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 MAX_ERROR = 1000
+MAX_HISTORY = 50
+MAX_LIST = 1000
+STATUS_INDEX = "status-updatedAt"
+
+
+def validate_listing(status: str | None, limit: int) -> None:
+    """Raise ValueError naming the bad value (``ray-app jobs``, the API's query string)."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+        raise ValueError(f"limit must be an integer in [1, {MAX_LIST}], got {limit!r}")
+
+
+def encode_cursor(status: str | None, after: dict) -> str:
+    raw = json.dumps({"status": status, "after": after}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, status: str | None) -> dict:
+    """The position a cursor from :func:`encode_cursor` holds, for the same status filter."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        after = data["after"]
+        if not isinstance(after, dict):
+            raise TypeError
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"cursor {cursor[:40]!r} is not one that a job listing returned"
+                         ) from None
+    if data.get("status") != status:
+        raise ValueError(f"cursor was made for status={data.get('status')!r}, "
+                         f"not status={status!r}: list again without --cursor")
+    return after
 
 
 def _iso(t: float) -> str:
@@ -92,11 +138,15 @@ class SqliteStatusStore:
             if row is None:
                 return False
             sets = {k: v(row) if callable(v) else v for k, v in sets.items()}
-            hist = json.loads(row["history"] or "[]")
-            hist.append({"t": _iso(now), "status": status or row["status"],
-                         "progress": progress if progress is not None else row["progress"],
-                         "stage": stage if stage is not None else row["stage"]})
-            sets = {**sets, "updatedAt": _iso(now), "history": json.dumps(hist)}
+            sets["updatedAt"] = _iso(now)
+            new_status = status or row["status"]
+            new_stage = stage if stage is not None else row["stage"]
+            if status is not None or new_stage != row["stage"]:  # a transition, not a beat
+                hist = json.loads(row["history"] or "[]")
+                hist.append({"t": _iso(now), "status": new_status,
+                             "progress": progress if progress is not None else row["progress"],
+                             "stage": new_stage})
+                sets["history"] = json.dumps(hist[-MAX_HISTORY:])
             if status:
                 sets["status"] = status
             if progress is not None:
@@ -188,12 +238,32 @@ class SqliteStatusStore:
             row = c.execute("SELECT * FROM jobs WHERE jobId=?", (job_id,)).fetchone()
         return _row(dict(row)) if row else None
 
-    def list(self, status: str | None = None, limit: int = 50) -> list[dict]:
+    def list_page(self, status: str | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Up to ``limit`` jobs newest first (by updatedAt, then jobId), and the cursor of
+        the next page (None after the last)."""
+        validate_listing(status, limit)
+        where, args = [], []
+        if status:
+            where.append("status=?")
+            args.append(status)
+        if cursor:
+            after = decode_cursor(cursor, status)
+            where.append("(updatedAt, jobId) < (?, ?)")
+            args += [after.get("updatedAt", ""), after.get("jobId", "")]
+        q = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         with self._conn() as c:
-            q = "SELECT * FROM jobs" + (" WHERE status=?" if status else "")
-            rows = c.execute(q + " ORDER BY updatedAt DESC LIMIT ?",
-                             ((status, limit) if status else (limit,))).fetchall()
-        return [_row(dict(r)) for r in rows]
+            rows = c.execute(q + " ORDER BY updatedAt DESC, jobId DESC LIMIT ?",
+                             (*args, limit + 1)).fetchall()
+        items = [_row(dict(r)) for r in rows[:limit]]
+        more = len(rows) > limit
+        last = items[-1] if items else None
+        nxt = encode_cursor(status, {"updatedAt": last["updatedAt"], "jobId": last["jobId"]}
+                            ) if more and last else None
+        return items, nxt
+
+    def list(self, status: str | None = None, limit: int = 50) -> list[dict]:
+        return self.list_page(status, limit)[0]
 
 
 def _row(r: dict) -> dict:
@@ -214,15 +284,21 @@ class DynamoStatusStore:
         self.table = table
         self.dynamodb = client or aws.client("dynamodb")
         self.ttl_s = ttl_days * 86400
+        # the stage this store last wrote for a lease it holds: a heartbeat with the same
+        # stage is not a transition and adds no history entry
+        self._stages: dict[tuple[str, str], str] = {}
 
     def _cond_update(self, job_id: str, sets: dict, condition: str, values: dict,
                      history: dict, remove: tuple = ()) -> bool:
         from botocore.exceptions import ClientError
 
-        names = {"#s": "status", "#history": "history"}
-        vals = {":hist": {"L": [_ddb(history)]}, ":empty": {"L": []},
-                **{k: _ddb(v) for k, v in values.items()}}
-        parts = ["#history = list_append(if_not_exists(#history, :empty), :hist)"]
+        names = {"#s": "status"}
+        vals = {k: _ddb(v) for k, v in values.items()}
+        parts = []
+        if history is not None:
+            names["#history"] = "history"
+            vals.update({":hist": {"L": [_ddb(history)]}, ":empty": {"L": []}})
+            parts.append("#history = list_append(if_not_exists(#history, :empty), :hist)")
         for i, (k, v) in enumerate(sets.items()):
             if isinstance(v, _Raw):
                 parts.append(f"#{k} = {v.expr}")
@@ -242,11 +318,37 @@ class DynamoStatusStore:
                 TableName=self.table, Key={"jobId": {"S": job_id}}, UpdateExpression=expr,
                 ConditionExpression=condition, ExpressionAttributeNames=names,
                 ExpressionAttributeValues=vals)
-            return True
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
+        if history is not None:
+            self._trim_history(job_id)
+        return True
+
+    def _trim_history(self, job_id: str) -> None:
+        """Keep the last MAX_HISTORY entries. DynamoDB cannot append and remove on one list
+        in one update, so entries beyond the cap are removed by index, guarded by the list's
+        length so that a concurrent append never loses the wrong entry."""
+        from botocore.exceptions import ClientError
+
+        item = self.dynamodb.get_item(TableName=self.table, Key={"jobId": {"S": job_id}},
+                                      ProjectionExpression="#h",
+                                      ExpressionAttributeNames={"#h": "history"},
+                                      ConsistentRead=True).get("Item", {})
+        n = len(item.get("history", {}).get("L", []))
+        if n <= MAX_HISTORY:
+            return
+        drop = ", ".join(f"#h[{i}]" for i in range(n - MAX_HISTORY))
+        try:
+            self.dynamodb.update_item(
+                TableName=self.table, Key={"jobId": {"S": job_id}}, UpdateExpression="REMOVE "
+                + drop, ConditionExpression="size(#h) = :n",
+                ExpressionAttributeNames={"#h": "history"},
+                ExpressionAttributeValues={":n": {"N": str(n)}})
+        except ClientError as exc:  # someone appended meanwhile: their write trims next
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def create(self, job_id: str, params: dict, now: float | None = None) -> None:
         from botocore.exceptions import ClientError
@@ -309,15 +411,22 @@ class DynamoStatusStore:
         if progress is not None:
             sets["progress"] = int(progress)
             hist["progress"] = int(progress)
+        key = (job_id, driver_id)
+        transition = stage is not None and self._stages.get(key) != stage
         if stage is not None:
             sets["stage"] = stage
             hist["stage"] = stage
-        return self._cond_update(job_id, sets, "#s = :running AND #driverId = :d",
-                                 {":running": RUNNING, ":d": driver_id}, hist)
+        ok = self._cond_update(job_id, sets, "#s = :running AND #driverId = :d",
+                               {":running": RUNNING, ":d": driver_id},
+                               hist if transition else None)
+        if ok and stage is not None:
+            self._stages[key] = stage
+        return ok
 
     def complete(self, job_id: str, driver_id: str, result_prefix: str,
                  now: float | None = None) -> bool:
         now = time.time() if now is None else now
+        self._stages.pop((job_id, driver_id), None)
         return self._cond_update(
             job_id, {"status": COMPLETED, "progress": 100, "stage": "done",
                      "resultPrefix": result_prefix, "finishedAt": _iso(now),
@@ -346,6 +455,7 @@ class DynamoStatusStore:
     def release(self, job_id: str, driver_id: str, error: str | None = None,
                 now: float | None = None) -> bool:
         now = time.time() if now is None else now
+        self._stages.pop((job_id, driver_id), None)
         sets = {"status": PENDING, "progress": 0, "stage": "released", "updatedAt": _iso(now)}
         if error:
             sets["error"] = truncate_error(error)
@@ -366,8 +476,8 @@ class DynamoStatusStore:
     def expire_leases(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         out = []
-        for item in self._scan("#s = :running AND leaseExpires < :now",
-                               {":running": RUNNING, ":now": now}):
+        for item in self._query(RUNNING, filter_expr="leaseExpires < :now",
+                                filter_values={":now": now}):
             if self._cond_update(item["jobId"], {"status": PENDING, "stage": "lease expired",
                                                  "error": "lease expired",
                                                  "updatedAt": _iso(now)},
@@ -378,28 +488,54 @@ class DynamoStatusStore:
                 out.append(item["jobId"])
         return out
 
-    def _scan(self, condition: str | None = None, values: dict | None = None):
-        kwargs = {"TableName": self.table}
-        if condition:
-            kwargs.update(FilterExpression=condition, ExpressionAttributeNames={"#s": "status"},
-                          ExpressionAttributeValues={k: _ddb(v) for k, v in values.items()})
-        while True:
-            page = self.dynamodb.scan(**kwargs)
+    def _query(self, status: str, after: dict | None = None, page_size: int = 100,
+               filter_expr: str | None = None, filter_values: dict | None = None):
+        """Items of one status from the status index, newest first, lazily (boto3's query
+        paginator; ``after`` = the index key of the last item already seen)."""
+        kwargs = {"TableName": self.table, "IndexName": STATUS_INDEX,
+                  "KeyConditionExpression": "#s = :st", "ScanIndexForward": False,
+                  "ExpressionAttributeNames": {"#s": "status"},
+                  "ExpressionAttributeValues": {":st": {"S": status}},
+                  "PaginationConfig": {"PageSize": page_size}}
+        if after:
+            kwargs["ExclusiveStartKey"] = {k: {"S": v} for k, v in after.items()}
+        if filter_expr:
+            kwargs["FilterExpression"] = filter_expr
+            kwargs["ExpressionAttributeValues"].update(
+                {k: _ddb(v) for k, v in filter_values.items()})
+        for page in self.dynamodb.get_paginator("query").paginate(**kwargs):
             for item in page.get("Items", []):
                 yield _py_item(item)
-            if "LastEvaluatedKey" not in page:
-                return
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get(self, job_id: str) -> dict | None:
         item = self.dynamodb.get_item(TableName=self.table, Key={"jobId": {"S": job_id}},
                                       ConsistentRead=True).get("Item")
         return _py_item(item) if item else None
 
+    def list_page(self, status: str | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Up to ``limit`` jobs newest first and the cursor of the next page (None after the
+        last). Each status is one partition of the index, read lazily; with no status asked
+        for, the partitions are merged newest first and the cursor keeps one position each."""
+        validate_listing(status, limit)
+        statuses = [status] if status else list(STATUSES)
+        after = decode_cursor(cursor, status) if cursor else {}
+
+        def keyed(st):
+            for item in self._query(st, after.get(st), page_size=min(limit + 1, 100)):
+                yield (item.get("updatedAt", ""), item["jobId"]), st, item
+
+        merged = heapq.merge(*(keyed(st) for st in statuses), key=lambda t: t[0], reverse=True)
+        taken = list(itertools.islice(merged, limit + 1))
+        items, more = taken[:limit], len(taken) > limit
+        position = dict(after)
+        for _, st, item in items:
+            position[st] = {"jobId": item["jobId"], "status": st,
+                            "updatedAt": item["updatedAt"]}
+        return [item for _, _, item in items], encode_cursor(status, position) if more else None
+
     def list(self, status: str | None = None, limit: int = 50) -> list[dict]:
-        items = list(self._scan("#s = :st", {":st": status}) if status else self._scan())
-        items.sort(key=lambda r: r.get("updatedAt", ""), reverse=True)
-        return items[:limit]
+        return self.list_page(status, limit)[0]
 
 
 class _Raw:
