@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .core.errors import ConfigurationError
 from .core.membership import DEFAULT_MEMBER_PROBABILITY
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
 from .io.status import MAX_LIST, STATUSES
@@ -135,6 +136,7 @@ def cmd_recover(args) -> int:
                                             if args.engine == "ray" else {}))
     status = SqliteStatusStore(local_home() / "status.db")  # embedded local mode
     try:
+        engine.check_k(params.n_neighbors)  # a k no shard plan serves: refused, not recorded
         status.claim(job_id, "local-cli", lease_s=365 * 86400,
                      params={"streamKey": params.stream.key, "nNeighbors": params.n_neighbors,
                              "sigmaThreshold": params.sigma_threshold, "source":
@@ -151,7 +153,11 @@ def cmd_recover(args) -> int:
     try:
         summary = run_recovery(params, engine, progress=progress)
     except BaseException as exc:
-        status.fail(job_id, f"{type(exc).__name__}: {exc}", driver_id="local-cli")
+        from .io.status import INPUT, OPERATOR, TRANSIENT
+
+        kind = (INPUT if isinstance(exc, ValueError) else OPERATOR
+                if isinstance(exc, ConfigurationError) else TRANSIENT)
+        status.fail(job_id, f"{type(exc).__name__}: {exc}", driver_id="local-cli", kind=kind)
         raise
     finally:
         printer.close()
@@ -629,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, exit 2
         print(f"ray-app: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigurationError as exc:  # a bad RAY_APP_* setting: the same, named as such
+        print(f"ray-app: error: configuration: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("ray-app: interrupted", file=sys.stderr)

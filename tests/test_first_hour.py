@@ -120,6 +120,25 @@ def test_bad_options_record_no_job(tmp_path, capsys, argv, needles):
     assert _jobs(tmp_path / "ray-app-home") == []
 
 
+@pytest.mark.parametrize("env,argv,needles", [
+    ({"RAY_APP_CPU_KNN": "kdtree"}, [], ["configuration:", "RAY_APP_CPU_KNN", "'kdtree'"]),
+    ({"RAY_APP_MEMORY_PER_ACTOR": "lots"}, [], ["configuration:", "RAY_APP_MEMORY_PER_ACTOR",
+                                                "'lots'"]),
+    ({"RAY_APP_ENGINE": "spark"}, [], ["configuration:", "RAY_APP_ENGINE", "'spark'"]),
+    ({"RAY_APP_MEMORY_PER_ACTOR": str(16 * 2**20)}, ["--n-neighbors", "1024"],
+     ["nNeighbors=1024 cannot be served here", "RAY_APP_MEMORY_PER_ACTOR"]),
+])
+def test_bad_settings_are_named_and_record_no_job(tmp_path, capsys, monkeypatch, env, argv,
+                                                   needles):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "o"
+    _refused(capsys, ["recover", "--out", str(out), "--engine", "in-process", *argv],
+             *needles)
+    assert not out.exists()
+    assert _jobs(tmp_path / "ray-app-home") == []
+
+
 def test_no_prefix_matching(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["recover", "--sigma", "4"])

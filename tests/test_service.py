@@ -7,6 +7,7 @@ import time
 import boto3
 import pytest
 
+from ray_app.core.errors import ConfigurationError
 from ray_app.engine.engines import InProcessEngine
 from ray_app.io.queue import SqsQueue
 from ray_app.io.results import S3ResultStore
@@ -160,6 +161,58 @@ def test_transient_failures_reach_the_dlq_by_redrive_and_come_back(aws):
     _run(ok)
     assert svc.status.get("flaky-1")["status"] == COMPLETED
     assert _visible(aws) == 0 and _visible(aws, svc.queue.dlq_url) == 0
+
+
+class MisconfiguredEngine(InProcessEngine):
+    """An operator's mistake: the backend setting cannot be used (until fixed)."""
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.broken = True
+
+    def density_and_forests(self, *a, **k):
+        if self.broken:
+            raise ConfigurationError("RAY_APP_CPU_KNN must be 'cpu' or 'grid', got 'kdtree'")
+        return super().density_and_forests(*a, **k)
+
+
+def test_operator_errors_keep_the_message_and_run_once_fixed(aws):
+    """A valid job on a misconfigured deployment: FAILED with an operator reason, the message
+    released (not dead-lettered, not deleted), a metric and an ERROR; after the fix the same
+    message runs the job to COMPLETED."""
+    svc = _service(aws)
+    submit(svc, {"jobId": "op-1", **TINY})
+    engine = MisconfiguredEngine()
+    driver = _driver(aws, engine=engine, operator_backoff_s=2)
+    _run(driver, idle_polls=1)
+    assert driver.stats["operator"] == 1 and driver.stats["failed"] == 0
+    rec = svc.status.get("op-1")
+    assert rec["status"] == FAILED and rec["errorKind"] == "operator"
+    assert rec["error"].startswith("operator: this deployment cannot run the job: "
+                                   "RAY_APP_CPU_KNN must be")
+    assert not svc.queue.list_dead(5, polls=2)  # not dead-lettered
+    assert _visible(aws) == 1  # kept, hidden for operator_backoff_s
+    engine.broken = False  # the operator fixes the setting
+    time.sleep(2.5)
+    _run(_driver(aws, engine=engine))
+    rec = svc.status.get("op-1")
+    assert rec["status"] == COMPLETED and "errorKind" not in rec and "error" not in rec
+    assert _visible(aws) == 0
+
+
+def test_a_k_this_cluster_cannot_serve_is_dead_lettered_before_any_claim(aws, monkeypatch):
+    """The message is valid, but no shard plan of this deployment fits k = 1024 (a 16 MiB
+    actor budget): refused at validation with the reason, nothing computed."""
+    monkeypatch.setenv("RAY_APP_MEMORY_PER_ACTOR", str(16 * 2**20))
+    svc = _service(aws)
+    svc.queue.send(json.dumps({"jobId": "bigk-1", **TINY, "nNeighbors": 1024}))
+    driver = _driver(aws)
+    _run(driver, idle_polls=1)
+    [(msg, reason)] = svc.queue.list_dead(5, polls=5)
+    assert "nNeighbors=1024 cannot be served here" in reason
+    rec = svc.status.get("bigk-1")
+    assert rec["status"] == FAILED and rec["errorKind"] == "input" and rec["attempts"] == 0
+    assert not boto3.client("s3").list_objects_v2(Bucket=aws["bucket"]).get("Contents")
 
 
 def test_job_id_tricks_rejected_before_any_s3_call(moto_server):

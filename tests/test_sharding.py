@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from ray_app.core.backend import Backend, detect_backend
+from ray_app.core.errors import ConfigurationError
 from ray_app.core.features import stream_features
+from ray_app.core.grid_knn import batch_rows_for
 from ray_app.core.persistence import merge_forests
 from ray_app.core.recovery import calibrate_null, candidates, density, diagram
-from ray_app.core.sharding import choose_shard_count, plan_shards
+from ray_app.core.sharding import check_k_servable, choose_shard_count, plan_shards
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import synthetic_catalogue
 from ray_app.engine.engines import InProcessEngine
@@ -169,8 +171,50 @@ def test_gpu_memory_raises_the_shard_count():
     # each planned shard (with its ~25 % halo) fits what the device has
     assert grid_device_bytes(1.25 * n / on_t4, k) <= 0.8 * t4
     assert choose_shard_count(n, k, host, requested=40, device_memory=t4) == max(40, on_t4)
-    with pytest.raises(ValueError, match="device memory 1000000 bytes is too small"):
+    with pytest.raises(ConfigurationError, match="device memory 1000000 bytes is too small"):
         choose_shard_count(1000, k, host, device_memory=10**6)
+
+
+@pytest.mark.parametrize("k", [32, 254, 255, 700, 1024])
+def test_large_k_plans_fit_a_t4(k):
+    """Candidate lists are capped (MAX_GRID_CANDIDATES) and batches sized from the memory
+    budget, so the fixed device buffers stay bounded whatever k, and any k up to 1024 has a
+    plan on a T4 (it raised at k ~ 700 when batches were a fixed row count)."""
+    from ray_app.core.grid_knn import BATCH_BYTES, MAX_GRID_CANDIDATES, grid_device_bytes
+
+    t4 = 15 * 2**30
+    fixed = grid_device_bytes(0, k)
+    assert fixed <= BATCH_BYTES + 256 * 2**20
+    m = min(k + 2, MAX_GRID_CANDIDATES)
+    assert batch_rows_for(m) * m * 64 <= BATCH_BYTES
+    n_shards = choose_shard_count(10_000_000, k, 4 * 2**30, device_memory=t4)
+    assert grid_device_bytes(1.25 * 10_000_000 / n_shards, k) <= 0.8 * t4
+    check_k_servable(k, 4 * 2**30, t4)  # no error
+
+
+def test_a_k_the_cluster_cannot_serve_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"nNeighbors=1024 cannot be served here: one shard "
+                                         r"needs about \d+ MiB of host memory"):
+        check_k_servable(1024, 16 * 2**20)
+    check_k_servable(8, 16 * 2**20)
+    with pytest.raises(ValueError, match="nNeighbors=32 cannot be served here: the GPU kNN"):
+        check_k_servable(32, 2**30, device_memory=2**29)
+
+
+def test_grid_knn_at_k_beyond_the_candidate_cap_is_exact(rng):
+    """k + 2 > MAX_GRID_CANDIDATES: no candidate list fits a thread; the tiled brute force
+    answers, exactly (the list once started at k + 2 = 1026 per thread)."""
+    from ray_app.core import grid_knn
+    from ray_app.core.knn import knn_cpu
+
+    X = rng.normal(size=(1500, 5))
+    sid = np.arange(1500, dtype=np.int64)
+    stats = grid_knn.GridStats()
+    got = grid_knn.knn_grid(X, sid, 300, stats=stats)
+    want = knn_cpu(X, sid, 300)
+    assert stats.brute_rows == 1500 and stats.levels == 0
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.kth_distance, want.kth_distance)
 
 
 def test_memory_plan_is_reported(synthetic):
@@ -196,7 +240,8 @@ def test_cpu_grid_knn_is_selectable(synthetic, monkeypatch):
     assert sharded.backend["knn"] == "grid"
     _assert_same(_outputs(X, sid, 16, sharded), ref)
     monkeypatch.setenv("RAY_APP_CPU_KNN", "kdtree")
-    with pytest.raises(ValueError, match="RAY_APP_CPU_KNN.*'cpu' or 'grid', got 'kdtree'"):
+    with pytest.raises(ConfigurationError,
+                       match="RAY_APP_CPU_KNN.*'cpu' or 'grid', got 'kdtree'"):
         InProcessEngine(prefer_backend="cpu")
 
 

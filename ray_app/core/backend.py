@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigurationError
+
 try:  # optional dependency: the `gpu` extra
     import cupy as _cupy
 
@@ -67,21 +69,22 @@ def detect_backend(prefer: str = "auto", cpu_knn: str = "cpu") -> Backend:
         (``grid``: faster from ~1e5 stars per shard, see benchmarks/RESULTS.md).
     """
     if prefer not in ("auto", "cpu", "cupy"):
-        raise ValueError(f"backend must be 'auto', 'cpu' or 'cupy', got {prefer!r}")
+        raise ConfigurationError(f"backend must be 'auto', 'cpu' or 'cupy', got {prefer!r}")
     if cpu_knn not in ("cpu", "grid"):
-        raise ValueError(f"CPU kNN (RAY_APP_CPU_KNN) must be 'cpu' or 'grid', got {cpu_knn!r}")
+        raise ConfigurationError(f"RAY_APP_CPU_KNN must be 'cpu' or 'grid', got {cpu_knn!r}")
     if prefer == "cpu":
         return Backend("cpu", cpu_knn, "requested")
     if not HAS_CUPY:
         if prefer == "cupy":
-            raise RuntimeError("backend 'cupy' requested but CuPy is not installed "
-                               "(pip install 'ray-app[gpu]')")
+            raise ConfigurationError("backend 'cupy' requested but CuPy is not installed "
+                                     "(pip install 'ray-app[gpu]')")
         return Backend("cpu", cpu_knn, "cupy not installed")
     try:
         probe = _cupy.arange(4, dtype=_cupy.float32)
         float((probe * probe).sum())
     except Exception as exc:  # cudaErrorInsufficientDriver, no device, ...
         if prefer == "cupy":
-            raise RuntimeError(f"backend 'cupy' requested but CUDA is unusable: {exc}") from exc
+            raise ConfigurationError(f"backend 'cupy' requested but CUDA is unusable: {exc}"
+                                     ) from exc
         return Backend("cpu", cpu_knn, f"cupy present but unusable: {type(exc).__name__}")
     return Backend("cupy", "grid", "cupy allocation succeeded")

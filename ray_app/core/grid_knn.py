@@ -67,9 +67,15 @@ MAX_GRID_CANDIDATES = 256
 #: Largest feature dimension of the grid (the block has 3**(d-1) rows of cells).
 MAX_GRID_DIM = 8
 
-#: Rows searched per kernel launch and re-rank (bounds the (rows, m) work arrays); enough
-#: threads to fill an H100 (132 SMs x 2048).
+#: Most rows searched per kernel launch and re-rank; enough threads to fill an H100 (132 SMs x
+#: 2048).
 DEFAULT_BATCH_ROWS = 1 << 18
+
+#: Device bytes one batch's (rows, m) work arrays may take: the candidate lists and the
+#: re-rank's ~8 float64/int64 arrays, :data:`BYTES_PER_CANDIDATE` per row and candidate. Batches
+#: are sized from this and m, so a large k means fewer rows per launch, not larger arrays.
+BATCH_BYTES = 512 * 2**20
+BYTES_PER_CANDIDATE = 64
 
 #: When this few rows are left open, the brute force (rows x N) is cheaper than building
 #: another level (a sort of all N stars).
@@ -79,17 +85,23 @@ BRUTE_FINISH_ROWS = 32
 _MAX_KEY = 2**62
 
 
+def batch_rows_for(m: int, budget: int = BATCH_BYTES) -> int:
+    """Rows per launch for candidate lists of ``m``: the work arrays stay within ``budget``."""
+    return int(max(1024, min(DEFAULT_BATCH_ROWS, budget // (BYTES_PER_CANDIDATE * max(m, 1)))))
+
+
 def grid_device_bytes(n_ref: int, k: int, d: int = 5) -> int:
     """Peak device memory of :func:`knn_grid` for ``n_ref`` reference stars (an estimate).
 
     Per star: float64 and float32 features, one level's sorted float32 copy and int32 cell
     coordinates, ~7 int64 arrays (keys, order, counts, cell starts, scan temporaries), the
     results (k int64 neighbours and the k-th distance) and the per-query bookkeeping.
-    Fixed: one batch of ``(DEFAULT_BATCH_ROWS, k + 2)`` candidates and the ~8 float64/int64
-    arrays of its re-rank, plus the brute-force fallback's 256 MiB tile.
+    Fixed: the largest batch's work arrays (:func:`batch_rows_for`; candidate lists never
+    longer than :data:`MAX_GRID_CANDIDATES`), plus the brute-force fallback's 256 MiB tile.
     """
     per_star = 8 * d + 4 * d + 4 * d + 4 * d + 8 * 7 + 8 * (k + 1) + 26
-    fixed = DEFAULT_BATCH_ROWS * (k + 2) * 8 * 8 + 256 * 2**20
+    m = min(k + 2, MAX_GRID_CANDIDATES)
+    fixed = batch_rows_for(m) * m * BYTES_PER_CANDIDATE + 256 * 2**20
     return int(n_ref) * per_star + fixed
 
 
@@ -458,7 +470,8 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     xp : module
         ``numpy`` (compiled CPU twin) or ``cupy`` (CUDA kernel). Results are NumPy arrays.
     batch_rows : int, optional
-        Query rows per kernel launch and re-rank (memory bound of the work arrays).
+        Query rows per kernel launch and re-rank; default :func:`batch_rows_for` the
+        candidate-list length (the work arrays stay within :data:`BATCH_BYTES`).
     stats : GridStats, optional
         Filled with the work done (levels built, distances evaluated, brute-force rows).
     seed : int
@@ -473,10 +486,11 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     k = validate_k(k, n_ref)
     query_np = np.arange(n_ref) if query_rows is None else np.asarray(query_rows, np.int64)
     stats = GridStats() if stats is None else stats
-    if d > MAX_GRID_DIM:
+    if d > MAX_GRID_DIM or k + 2 > MAX_GRID_CANDIDATES:
+        # no block of 3**(d-1) cell rows, or no candidate list of k + 2 that fits a thread:
+        # the tiled brute force is exact and bounded in memory
         stats.brute_rows += len(query_np)
         return knn_xp(X_np, sid_np, k, query_rows=query_np, xp=xp)
-    batch_rows = batch_rows or DEFAULT_BATCH_ROWS
 
     Xd = xp.asarray(X_np)
     origin = _to_numpy(Xd.min(axis=0))
@@ -510,7 +524,7 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
     indices = xp.empty((n_q, k), dtype=xp.int64)
     kth = xp.empty(n_q, dtype=xp.float64)
     started = xp.zeros(n_q, dtype=bool)
-    m_of = xp.full(n_q, min(k + 2, n_ref), dtype=xp.int64)
+    m_of = xp.full(n_q, min(k + 2, n_ref, MAX_GRID_CANDIDATES), dtype=xp.int64)
     open_rows = xp.ones(n_q, dtype=bool)
     needed = start_count(k, d)
     m_cap = min(MAX_GRID_CANDIDATES, n_ref)
@@ -547,8 +561,9 @@ def knn_grid(X, source_id, k: int, query_rows=None, xp=np, batch_rows: int | Non
             failed_block = []
             for m in _to_numpy(xp.unique(m_of[here])).tolist():
                 group = here[m_of[here] == m]
-                for b0 in range(0, int(group.size), batch_rows):
-                    part = group[b0:b0 + batch_rows]
+                rows_per = batch_rows or batch_rows_for(int(m))
+                for b0 in range(0, int(group.size), rows_per):
+                    part = group[b0:b0 + rows_per]
                     ok, m_limited = _search(level, Xd, X32, sid_d, query_d[part], int(m), k,
                                             origin, center, margin, xp, indices, kth, part,
                                             stats)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .errors import ConfigurationError
 from .grid_knn import grid_device_bytes
 
 #: Relative margin for the halo check: a float64 distance may undercut its phi1 component by
@@ -94,19 +95,45 @@ def choose_shard_count(n_stars: int, k: int, memory_per_actor: int,
                                   or requested < 1):
         raise ValueError(f"shards must be an integer >= 1, got {requested!r}")
     if memory_per_actor <= 0:
-        raise ValueError(f"memory_per_actor must be > 0 bytes, got {memory_per_actor}")
+        raise ConfigurationError(f"RAY_APP_MEMORY_PER_ACTOR must be > 0 bytes, got "
+                                 f"{memory_per_actor}")
     # halos add ~25 % to each shard's reference set
     need = math.ceil(1.25 * n_stars * shard_bytes_per_star(k, d) / memory_per_actor)
     if device_memory is not None:
         fixed = grid_device_bytes(0, k, d)
         usable = DEVICE_USABLE_FRACTION * device_memory - fixed
         if usable <= 0:
-            raise ValueError(f"device memory {device_memory} bytes is too small for a shard: "
-                             f"the kNN needs more than {fixed / DEVICE_USABLE_FRACTION:.0f} "
-                             f"bytes at nNeighbors={k}")
+            raise ConfigurationError(
+                f"device memory {device_memory} bytes is too small for a shard: the kNN needs "
+                f"more than {fixed / DEVICE_USABLE_FRACTION:.0f} bytes at nNeighbors={k} "
+                "(RAY_APP_DEVICE_MEMORY, or a larger GPU)")
         per_star = grid_device_bytes(1, k, d) - fixed
         need = max(need, math.ceil(1.25 * n_stars * per_star / usable))
     return max(requested or 1, need, 1)
+
+
+def check_k_servable(k: int, memory_per_actor: int, device_memory: int | None = None,
+                     d: int = 5) -> None:
+    """Raise ``ValueError`` naming the limit when no shard plan can serve ``k`` here.
+
+    A shard must hold at least k + 1 reference stars (plus its halo) in one actor's host
+    budget and, on GPUs, the kNN's fixed device buffers plus those stars in the usable part of
+    the device. The check runs at validation, before a job is claimed, so a k the configured
+    cluster cannot serve is refused with the reason instead of failing mid-job.
+    """
+    min_stars = 2 * (k + 1)  # a shard's k + 1 owned stars and as many again of halo
+    host = 1.25 * min_stars * shard_bytes_per_star(k, d)
+    if host > memory_per_actor:
+        raise ValueError(f"nNeighbors={k} cannot be served here: one shard needs about "
+                         f"{host / 2**20:.0f} MiB of host memory and an actor has "
+                         f"{memory_per_actor / 2**20:.0f} MiB (RAY_APP_MEMORY_PER_ACTOR); "
+                         "use a smaller nNeighbors")
+    if device_memory is not None:
+        need = grid_device_bytes(min_stars, k, d) / DEVICE_USABLE_FRACTION
+        if need > device_memory:
+            raise ValueError(f"nNeighbors={k} cannot be served here: the GPU kNN needs about "
+                             f"{need / 2**20:.0f} MiB per actor and a GPU actor has "
+                             f"{device_memory / 2**20:.0f} MiB; use a smaller nNeighbors")
 
 
 def estimate_halo(X: np.ndarray, k: int, rng: np.random.Generator, sample: int = 2000,

@@ -15,7 +15,8 @@ import uuid
 
 import numpy as np
 
-from ..core.sharding import choose_shard_count
+from ..core.errors import ConfigurationError
+from ..core.sharding import check_k_servable, choose_shard_count
 from .orchestrate import (
     InProcessExecutor,
     ShardedDensity,
@@ -36,10 +37,26 @@ DEFAULT_DEVICE_MEMORY = 15 * 2**30
 __all__ = ["InProcessEngine", "RayEngine", "ShardedDensity", "default_engine"]
 
 
+def env_number(name: str, default, cast=int):
+    """``cast`` of the environment variable ``name`` (``default`` when unset); a value that is
+    not a number is the operator's error, named as such."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a {'whole ' if cast is int else ''}number, "
+                                 f"got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
 def _memory_per_actor(value: int | None) -> int:
     if value is not None:
         return int(value)
-    return int(os.environ.get("RAY_APP_MEMORY_PER_ACTOR", DEFAULT_MEMORY_PER_ACTOR))
+    return env_number("RAY_APP_MEMORY_PER_ACTOR", DEFAULT_MEMORY_PER_ACTOR)
 
 
 def plan_shard_count(n_stars: int, k: int, d: int, host_bytes: int, requested: int | None,
@@ -59,6 +76,11 @@ class InProcessEngine:
     def __init__(self, prefer_backend: str = "auto", memory_per_actor: int | None = None):
         self.backend = worker_backend(prefer_backend)
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
+
+    def check_k(self, k: int) -> None:
+        """Raise ValueError with the reason when no shard plan of this engine serves ``k``."""
+        mem = self.backend.device_memory()
+        check_k_servable(k, self.memory_per_actor, None if mem is None else mem[0])
 
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
                             progress=None) -> ShardedDensity:
@@ -138,17 +160,20 @@ class RayEngine:
 
         self._ray = ray
         self._owns_ray = False
+        cpu_knn = os.environ.get("RAY_APP_CPU_KNN", "cpu")
+        if cpu_knn not in ("cpu", "grid"):  # the actors read it: refuse before any job
+            raise ConfigurationError(f"RAY_APP_CPU_KNN must be 'cpu' or 'grid', got {cpu_knn!r}")
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
                      logging_level="WARNING", log_to_driver=log_to_driver)
             self._owns_ray = True
         gpus = ray.cluster_resources().get("GPU", 0)
-        if num_gpus_per_actor is None and os.environ.get("RAY_APP_GPUS_PER_ACTOR"):
-            num_gpus_per_actor = float(os.environ["RAY_APP_GPUS_PER_ACTOR"])
+        if num_gpus_per_actor is None:
+            num_gpus_per_actor = env_number("RAY_APP_GPUS_PER_ACTOR", None, float)
         if num_gpus_per_actor is None:
             num_gpus_per_actor = 1.0 if gpus >= 1 else 0.0
         if max_actors is None:
-            max_actors = int(os.environ.get("RAY_APP_MAX_ACTORS", 0)) or max(
+            max_actors = env_number("RAY_APP_MAX_ACTORS", 0) or max(
                 1, int(gpus // num_gpus_per_actor) if num_gpus_per_actor else 1)
         if self._owns_ray and num_gpus_per_actor > gpus:
             # a local instance has no autoscaler: such an actor would wait forever
@@ -175,8 +200,12 @@ class RayEngine:
             return reported, "reported by the actors"
         if self.pool.num_gpus <= 0:
             return None, "none (cpu actors)"
-        default = int(os.environ.get("RAY_APP_DEVICE_MEMORY", DEFAULT_DEVICE_MEMORY))
+        default = env_number("RAY_APP_DEVICE_MEMORY", DEFAULT_DEVICE_MEMORY)
         return int(default * min(1.0, self.pool.num_gpus)), "RAY_APP_DEVICE_MEMORY default"
+
+    def check_k(self, k: int) -> None:
+        """Raise ValueError with the reason when no shard plan of this cluster serves ``k``."""
+        check_k_servable(k, self.memory_per_actor, self.device_memory()[0])
 
     def density_and_forests(self, X, source_id, k: int, shards: int | None = None,
                             progress=None) -> ShardedDensity:
@@ -203,4 +232,4 @@ def default_engine(kind: str = "ray", **kwargs):
     if kind == "in-process":
         allowed = {"prefer_backend", "memory_per_actor"}
         return InProcessEngine(**{k: v for k, v in kwargs.items() if k in allowed})
-    raise ValueError(f"engine must be 'ray' or 'in-process', got {kind!r}")
+    raise ConfigurationError(f"RAY_APP_ENGINE must be 'ray' or 'in-process', got {kind!r}")

@@ -56,4 +56,7 @@ def job_metrics():
         completed=m.Counter(PREFIX + "jobs_completed", "recovery jobs completed",
                             tag_keys=("stream",)),
         failed=m.Counter(PREFIX + "jobs_failed", "recovery jobs failed",
-                         tag_keys=("stream",))))
+                         tag_keys=("stream",)),
+        operator_errors=m.Counter(PREFIX + "operator_errors",
+                                  "valid jobs this deployment's configuration cannot run "
+                                  "(the operator must act)", tag_keys=("stream",))))

@@ -11,12 +11,15 @@ Both implement the same state machine, every transition a *conditional* write::
   drivers never run one job at once (atomic in SQLite and in DynamoDB; moto's emulation of
   DynamoDB is not atomic under concurrent requests, which is why the race test uses SQLite).
 * ``heartbeat``, ``complete`` and ``release`` require the caller to hold the lease.
-* COMPLETED and FAILED are final for drivers. The one exception is an operator's explicit
-  ``ray-app dlq --redrive``, which ``requeue``s a FAILED job to PENDING for a new attempt.
+* COMPLETED and FAILED are final for drivers, with two exceptions: an operator's explicit
+  ``ray-app dlq --redrive`` ``requeue``s a FAILED job to PENDING, and a job FAILED with
+  ``errorKind = "operator"`` (a valid job this deployment's configuration could not run; its
+  message was released, not dead-lettered) can be claimed again once the operator fixed it.
 
 Records: jobId, status, progress (0-100), stage, createdAt/startedAt/updatedAt/finishedAt
 (ISO 8601 UTC), attempts, driverId, leaseExpires (epoch s), error (<= 1000 chars),
-resultPrefix, params (JSON), history (list of {t, status, progress, stage}).
+resultPrefix, params (JSON), history (list of {t, status, progress, stage}), errorKind
+(``input``, ``operator`` or ``transient``: who must act on ``error``).
 
 ``history`` records transitions only (a new status or a new stage), never the periodic
 heartbeats, and keeps the last :data:`MAX_HISTORY` of them: a DynamoDB item is capped at
@@ -49,6 +52,8 @@ PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED
 FINAL = (COMPLETED, FAILED)
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
 MAX_ERROR = 1000
+#: Who must act on a failure: the submitter, the operator, or nobody (retries ran out).
+INPUT, OPERATOR, TRANSIENT = "input", "operator", "transient"
 MAX_HISTORY = 50
 MAX_LIST = 1000
 STATUS_INDEX = "status-updatedAt"
@@ -109,7 +114,10 @@ class SqliteStatusStore:
                 jobId TEXT PRIMARY KEY, status TEXT NOT NULL, progress INTEGER DEFAULT 0,
                 stage TEXT, createdAt TEXT, startedAt TEXT, updatedAt TEXT, finishedAt TEXT,
                 attempts INTEGER DEFAULT 0, driverId TEXT, leaseExpires REAL, error TEXT,
-                resultPrefix TEXT, params TEXT, history TEXT DEFAULT '[]')""")
+                resultPrefix TEXT, params TEXT, history TEXT DEFAULT '[]', errorKind TEXT)""")
+            cols = {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}
+            if "errorKind" not in cols:  # a store made by an older version
+                c.execute("ALTER TABLE jobs ADD COLUMN errorKind TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -180,11 +188,12 @@ class SqliteStatusStore:
         now = time.time() if now is None else now
         self._ensure(job_id, params, now)
         return self._update(
-            job_id, "status=? OR (status=? AND leaseExpires<?)", (PENDING, RUNNING, now),
+            job_id, "status=? OR (status=? AND leaseExpires<?) OR (status=? AND errorKind=?)",
+            (PENDING, RUNNING, now, FAILED, OPERATOR),
             {"driverId": driver_id, "leaseExpires": now + lease_s,
              "attempts": lambda row: (row["attempts"] or 0) + 1,
              "startedAt": lambda row: row["startedAt"] or _iso(now),
-             "error": None}, RUNNING, 0, "claimed", now)
+             "error": None, "errorKind": None, "finishedAt": None}, RUNNING, 0, "claimed", now)
 
     def heartbeat(self, job_id: str, driver_id: str, lease_s: float, progress: int | None = None,
                   stage: str | None = None, now: float | None = None) -> bool:
@@ -200,13 +209,15 @@ class SqliteStatusStore:
                              "leaseExpires": None}, COMPLETED, 100, "done", now)
 
     def fail(self, job_id: str, error: str, driver_id: str | None = None,
-             params: dict | None = None, now: float | None = None) -> bool:
+             params: dict | None = None, now: float | None = None,
+             kind: str = INPUT) -> bool:
         now = time.time() if now is None else now
         self._ensure(job_id, params, now)
         return self._update(job_id, "status=? OR (status=? AND driverId=?)",
                             (PENDING, RUNNING, driver_id),
-                            {"error": truncate_error(error), "finishedAt": _iso(now),
-                             "leaseExpires": None}, FAILED, None, "failed", now)
+                            {"error": truncate_error(error), "errorKind": kind,
+                             "finishedAt": _iso(now), "leaseExpires": None},
+                            FAILED, None, "failed", now)
 
     def release(self, job_id: str, driver_id: str, error: str | None = None,
                 now: float | None = None) -> bool:
@@ -310,7 +321,7 @@ class DynamoStatusStore:
         if remove:
             expr += " REMOVE " + ", ".join(f"#{r}" for r in remove)
             names.update({f"#{r}": r for r in remove})
-        for attr in ("leaseExpires", "driverId"):
+        for attr in ("leaseExpires", "driverId", "errorKind"):
             if f"#{attr}" in condition:
                 names[f"#{attr}"] = attr
         try:
@@ -396,12 +407,13 @@ class DynamoStatusStore:
              "ttl": _Raw("if_not_exists(#ttl, :ttl)"),
              "updatedAt": _iso(now), "progress": 0, "stage": "claimed"},
             "attribute_not_exists(jobId) OR #s = :pending OR "
-            "(#s = :running AND #leaseExpires < :now)",
+            "(#s = :running AND #leaseExpires < :now) OR (#s = :failed AND #errorKind = :op)",
             {":pending": PENDING, ":running": RUNNING, ":now": now, ":zero": 0, ":one": 1,
+             ":failed": FAILED, ":op": OPERATOR,
              ":now_iso": _iso(now), ":params": json.dumps(params or {}),
              ":ttl": int(now + self.ttl_s)},
             {"t": _iso(now), "status": RUNNING, "progress": 0, "stage": "claimed"},
-            remove=("error",))
+            remove=("error", "errorKind", "finishedAt"))
 
     def heartbeat(self, job_id: str, driver_id: str, lease_s: float, progress: int | None = None,
                   stage: str | None = None, now: float | None = None) -> bool:
@@ -436,10 +448,12 @@ class DynamoStatusStore:
             remove=("leaseExpires",))
 
     def fail(self, job_id: str, error: str, driver_id: str | None = None,
-             params: dict | None = None, now: float | None = None) -> bool:
+             params: dict | None = None, now: float | None = None,
+             kind: str = INPUT) -> bool:
         now = time.time() if now is None else now
         return self._cond_update(
             job_id, {"status": FAILED, "stage": "failed", "error": truncate_error(error),
+                     "errorKind": kind,
                      "finishedAt": _iso(now), "updatedAt": _iso(now),
                      "createdAt": _Raw("if_not_exists(#createdAt, :now_iso)"),
                      "params": _Raw("if_not_exists(#params, :params)"),

@@ -153,7 +153,12 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     ------
     ValueError (CatalogueError included)
         Bad input; nothing is written.
+    ConfigurationError
+        The engine's configuration cannot run the job (the operator must act).
     """
+    check_k = getattr(engine, "check_k", None)
+    if check_k is not None:  # before any data is fetched
+        check_k(params.n_neighbors)
     timings: dict[str, float] = {}
     t = time.perf_counter()
 

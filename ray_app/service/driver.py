@@ -10,10 +10,15 @@ For each message:
 4. while the job runs a heartbeat extends the message's visibility and the lease;
 5. outputs are uploaded under ``jobs/{jobId}/`` with ``manifest.json`` last, then the status
    becomes COMPLETED, and only then is the message deleted;
-6. a bad-input error (``ValueError``) is permanent: FAILED + dead-letter queue. Any other error
-   is transient: the job is released and the message comes back after an exponential backoff;
-   on its third receive the job is recorded FAILED and the queue's redrive policy moves the
-   message to the DLQ on the next receive.
+6. errors are told apart by who must act (``ray_app.core.errors``): the submitter's
+   (``ValueError``: the job can never succeed as asked; FAILED, errorKind ``input``, the
+   message dead-lettered at once with the reason); the operator's (``ConfigurationError``: a
+   valid job this deployment cannot run; FAILED, errorKind ``operator``, the message released
+   after ``operator_backoff_s`` rather than dead-lettered, the ``ray_app_operator_errors``
+   metric raised and an ERROR logged; once fixed, the next receive runs it); anything else is
+   transient: the job is released and the message comes back after an exponential backoff;
+   on its third receive the job is recorded FAILED (errorKind ``transient``) and the queue's
+   redrive policy moves the message to the DLQ on the next receive.
 
 Capacity is bounded: the driver never holds more messages than it has free job slots. On
 SIGTERM (``ray job stop``) it stops receiving, lets running jobs finish within ``drain_s``,
@@ -33,8 +38,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import ConfigurationError
 from ..engine.metrics import job_metrics
-from ..io.status import COMPLETED, FAILED
+from ..io.status import COMPLETED, FAILED, OPERATOR, TRANSIENT
 from ..pipeline.params import GAIA_SOURCES, RecoverParams
 from ..pipeline.runner import run_recovery
 from .jobspec import InvalidJob, JobSpec, parse_job
@@ -57,6 +63,7 @@ class DriverConfig:
     drain_s: float = 120.0       # SIGTERM: how long running jobs may finish
     backoff_s: int = 10          # transient failure: message hidden backoff_s * 2**(n-1)
     sweep_s: float = 60.0        # how often expired leases are swept back to PENDING
+    operator_backoff_s: int = 300  # configuration error: message hidden this long, not DLQ'd
     work_dir: str | None = None  # scratch for outputs before upload
 
     def __post_init__(self) -> None:
@@ -92,7 +99,7 @@ class Driver:
         self.work_dir = Path(self.config.work_dir or tempfile.mkdtemp(prefix="ray-app-driver-"))
         self.metrics = job_metrics()
         self.stats = {"completed": 0, "failed": 0, "skipped": 0, "dead_lettered": 0,
-                      "released": 0, "transient": 0}
+                      "released": 0, "transient": 0, "operator": 0}
 
     # ------------------------------------------------------------------ control
     def stop(self, *_args) -> None:
@@ -136,23 +143,25 @@ class Driver:
 
     # ------------------------------------------------------------------ per message
     def _dispatch(self, msg) -> None:
+        spec = None
         try:
             spec = parse_job(msg.body)
+            self._check_serviceable(spec)
         except InvalidJob as exc:
-            reason = f"invalid job message: {exc}"
-            if exc.job_id:
-                self.status.fail(exc.job_id, reason, params={"message": msg.body[:2000]})
-            self.queue.dead_letter(msg, reason)
-            self.stats["dead_lettered"] += 1
-            self._count("failed")
-            log.warning("dead-lettered %s: %s", msg.message_id, reason)
+            self._dead_letter(msg, f"invalid job message: {exc}", exc.job_id)
+            return
+        except ValueError as exc:  # valid message, but no shard plan here serves it
+            self._dead_letter(msg, f"invalid job: {exc}", spec.job_id)
+            return
+        except ConfigurationError as exc:
+            self._operator_error(spec, msg, exc)
             return
         record = self.status.get(spec.job_id)
         if record and record["status"] == COMPLETED and self.results.manifest(spec.job_id):
             self.queue.delete(msg.receipt)  # redelivery of finished work
             self.stats["skipped"] += 1
             return
-        if record and record["status"] == FAILED:
+        if record and record["status"] == FAILED and record.get("errorKind") != OPERATOR:
             self.queue.delete(msg.receipt)  # final; `ray-app dlq --redrive` re-opens it
             self.stats["skipped"] += 1
             return
@@ -209,12 +218,14 @@ class Driver:
             else:
                 log.warning("job %s: lease lost before completion; leaving the message",
                             spec.job_id)
-        except ValueError as exc:  # bad input: will never succeed
+        except ValueError as exc:  # the submitter's error: will never succeed
             reason = f"{type(exc).__name__}: {exc}"
             self.status.fail(spec.job_id, reason, driver_id=self.driver_id)
             self.queue.dead_letter(msg, reason)
             self.stats["failed"] += 1
             self._count("failed", spec)
+        except ConfigurationError as exc:  # the operator's: keep the message, say so loudly
+            self._operator_error(spec, msg, exc)
         except Exception as exc:  # transient: retry with backoff, the queue counts receives
             reason = f"transient {type(exc).__name__}: {exc}"
             log.warning("job %s attempt %d failed: %s", spec.job_id, msg.receive_count, reason)
@@ -222,7 +233,8 @@ class Driver:
             try:
                 if msg.receive_count >= MAX_RECEIVES:
                     self.status.fail(spec.job_id, f"gave up after {msg.receive_count} "
-                                     f"attempts; last error: {reason}", driver_id=self.driver_id)
+                                     f"attempts; last error: {reason}", driver_id=self.driver_id,
+                                     kind=TRANSIENT)
                     self._count("failed", spec)
                 else:
                     self.status.release(spec.job_id, self.driver_id, error=reason)
@@ -237,6 +249,36 @@ class Driver:
                 self._running.pop(spec.job_id, None)
             if self.metrics:
                 self.metrics.running.set(self.running())
+
+    def _check_serviceable(self, spec: JobSpec) -> None:
+        """Refuse, before claiming, what this deployment's shard plans cannot serve."""
+        check = getattr(self.engine, "check_k", None)
+        if check is not None:
+            check(spec.n_neighbors)
+
+    def _dead_letter(self, msg, reason: str, job_id: str | None) -> None:
+        if job_id:
+            self.status.fail(job_id, reason, params={"message": msg.body[:2000]})
+        self.queue.dead_letter(msg, reason)
+        self.stats["dead_lettered"] += 1
+        self._count("failed")
+        log.warning("dead-lettered %s: %s", msg.message_id, reason)
+
+    def _operator_error(self, spec: JobSpec, msg, exc: Exception) -> None:
+        """A valid job this deployment cannot run: FAILED with the operator's reason, the
+        message kept (hidden for ``operator_backoff_s``), a metric raised, an ERROR logged."""
+        reason = f"operator: this deployment cannot run the job: {exc}"
+        log.error("OPERATOR ACTION NEEDED (job %s): %s; the message is kept and retried in "
+                  "%d s", spec.job_id, exc, self.config.operator_backoff_s)
+        self.stats["operator"] += 1
+        if self.metrics:
+            self.metrics.operator_errors.inc(tags={"stream": spec.stream_key or "region"})
+        try:
+            self.status.fail(spec.job_id, reason, driver_id=self.driver_id,
+                             params=spec.to_message(), kind=OPERATOR)
+            self.queue.set_visibility(msg.receipt, self.config.operator_backoff_s)
+        except Exception as inner:
+            log.warning("could not record the operator error of %s: %s", spec.job_id, inner)
 
     def _params(self, spec: JobSpec, out: Path) -> RecoverParams:
         input_path = None if spec.source == "synthetic" else spec.source

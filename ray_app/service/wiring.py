@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import ConfigurationError
 from ..data.catalogue import is_uri
 from ..io.home import local_home
 from ..io.queue import SqliteQueue, SqsQueue
@@ -123,7 +124,7 @@ def _env(name: str, default, cast=float):
     try:
         return cast(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
 def consume(engine_name: str = "ray", idle_polls: int | None = None,
@@ -134,7 +135,8 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
     Configuration (environment): RAY_APP_CAPACITY (jobs in flight, 2), RAY_APP_WAIT_S (long
     poll, 20), RAY_APP_VISIBILITY_S (120), RAY_APP_HEARTBEAT_S (30), RAY_APP_LEASE_S (120),
     RAY_APP_DRAIN_S (drain bound on SIGTERM, 120), RAY_APP_BACKOFF_S (10), RAY_APP_SWEEP_S
-    (60), RAY_APP_MAX_ACTORS, RAY_APP_GPUS_PER_ACTOR.
+    (60), RAY_APP_OPERATOR_BACKOFF_S (a configuration error hides the message this long, 300),
+    RAY_APP_MAX_ACTORS, RAY_APP_GPUS_PER_ACTOR.
     """
     import signal
 
@@ -149,7 +151,8 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
                           lease_s=_env("RAY_APP_LEASE_S", 120),
                           drain_s=_env("RAY_APP_DRAIN_S", 120),
                           backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
-                          sweep_s=_env("RAY_APP_SWEEP_S", 60))
+                          sweep_s=_env("RAY_APP_SWEEP_S", 60),
+                          operator_backoff_s=_env("RAY_APP_OPERATOR_BACKOFF_S", 300, int))
     engine = default_engine(engine_name)  # ray.init happens here ...
     driver = Driver(service.queue, service.status, service.results, engine, config)
     signal.signal(signal.SIGTERM, driver.stop)  # ... so our handlers are installed after it
