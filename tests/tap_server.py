@@ -16,9 +16,11 @@ in the tangent plane of each star, independent of the client's). Anything else i
 parse ends in phase ERROR with a parse message, as the archive does.
 
 Failures are scripted per POST through ``server.plan`` (consumed in order, then ``"ok"``):
-``"500"`` (an HTML error page), ``"hang"`` (the POST answers after ``hang_s``), ``"stuck"``
-(the job never leaves EXECUTING), ``"empty"`` (a valid answer with no rows), ``"syntax"``
-(phase ERROR, a parse error).
+``"500"`` (an HTML error page), ``"503"`` and ``"429"`` (overloaded, rate-limited), ``"400"``
+(a refusal whose text mentions memory, connections and a 500, to show that text is not how
+errors are classified), ``"hang"`` (the POST answers after ``hang_s``), ``"stuck"`` (the job
+never leaves EXECUTING), ``"aborted"`` (the service aborts the job), ``"empty"`` (a valid
+answer with no rows), ``"syntax"`` (phase ERROR, a parse error).
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ class TapServer:
                     page = (b"<html><head><title>Error 500</title></head><body><h1>HTTP "
                             b"Status 500 - Internal Server Error</h1></body></html>")
                     return self._send(500, page, "text/html")
+                if mode in ("503", "429"):
+                    return self._send(int(mode), b"busy, try later", headers=[("Retry-After",
+                                                                               "1")])
+                if mode == "400":
+                    return self._send(400, b"query refused: out of memory on connection 500 "
+                                           b"(timeout)")
                 jobid = uuid.uuid4().hex[:12] + "O"
                 server.jobs[jobid] = {"mode": mode, "query": form.get("QUERY", ""),
                                       "format": form.get("FORMAT"), "polls": 0}
@@ -177,6 +185,10 @@ class TapServer:
 
     def _finish(self, job: dict) -> str:
         if "phase" in job:
+            return job["phase"]
+        if job["mode"] == "aborted":
+            job["phase"] = "ABORTED"
+            job["error"] = "job aborted by the service (queue limit)"
             return job["phase"]
         try:
             if job["mode"] == "syntax":

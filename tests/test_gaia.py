@@ -3,6 +3,7 @@ path against a local TAP server (success, 500, timeouts, errors, empty), and the
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from astropy_healpix import HEALPix
 
 from ray_app.data.gaia import (
     MAX_POLYGON_DEG,
+    ArchiveHTTPError,
+    ArchiveJobEnded,
     GaiaArchive,
     GaiaArchiveUnavailable,
     GaiaEmptyResult,
@@ -20,6 +23,7 @@ from ray_app.data.gaia import (
     QueryCuts,
     RetryPolicy,
     fetch_region,
+    is_transient,
     ownership,
     plan_chunks,
     polygon_diameter_deg,
@@ -197,6 +201,40 @@ def test_query_errors_are_permanent_and_not_retried(gd1_sky, tmp_path):
                          FAST)
         assert server.count("POST") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_are_classified_by_status_and_type_not_by_text(gd1_sky, tmp_path):
+    """503, 429 and an ABORTED job are retried; a 400 whose text says "memory", "connection"
+    and "500" is the query's fault and is not."""
+    s = get_stream("gd-1")
+    with TapServer(gd1_sky) as server:
+        server.plan = ["503", "429", "aborted", "ok"]
+        _, _, chunks = fetch_region(s.footprint, s.default_cuts, _archive(server),
+                                    LocalBlobCache(tmp_path / "a"), RetryPolicy(4, 0.0),
+                                    sleep=lambda s: None)
+        assert server.count("POST") == len(chunks) + 3
+        server.plan = ["400"]
+        before = server.count("POST")
+        with pytest.raises(GaiaQueryError, match="refused chunk 0: ArchiveHTTPError: HTTP 400"):
+            fetch_region(s.footprint, s.default_cuts, _archive(server),
+                         LocalBlobCache(tmp_path / "b"), RetryPolicy(4, 0.0),
+                         sleep=lambda s: None)
+        assert server.count("POST") == before + 1  # not retried
+
+
+@pytest.mark.parametrize("exc,transient", [
+    (ArchiveHTTPError(500, "x"), True), (ArchiveHTTPError(502, "x"), True),
+    (ArchiveHTTPError(408, "x"), True), (ArchiveHTTPError(429, "x"), True),
+    (ArchiveHTTPError(400, "connection timed out, memory"), False),
+    (ArchiveHTTPError(404, "x"), False), (ArchiveHTTPError(403, "x"), False),
+    (ArchiveJobEnded("ABORTED", "x"), True), (ArchiveJobEnded("ERROR", "out of memory"), False),
+    (TimeoutError("x"), True), (ConnectionResetError("x"), True),
+    (ConnectionRefusedError("x"), True), (OSError(errno.ENETUNREACH, "x"), True),
+    (ValueError("HTTP 503 connection timeout memory"), False),
+    (RuntimeError("500 Internal Server Error"), False), (KeyError("ra"), False),
+])
+def test_is_transient_by_type_and_status(exc, transient):
+    assert is_transient(exc) is transient
 
 
 def test_empty_answer_is_a_clear_error_and_not_cached(gd1_sky, tmp_path):

@@ -11,10 +11,14 @@ Chunking
     overlap slightly but ownership does not, so the union has no gap and no duplicate.
 
 Retries
-    Archive errors are sorted into permanent (the query is wrong: :class:`GaiaQueryError`, a
-    ``ValueError``) and transient (HTTP 5xx, connection errors, socket timeouts, a job that
-    does not finish within ``job_timeout_s``: retried with exponential backoff, then
-    :class:`GaiaArchiveUnavailable`).
+    Archive errors are sorted by HTTP status and exception type, never by message text (see
+    :func:`is_transient`): permanent (the query is wrong: an HTTP 4xx other than 408/429, a
+    job ending in phase ERROR; :class:`GaiaQueryError`, a ``ValueError``) and transient (HTTP
+    5xx, 408 and 429, connection errors, socket timeouts, a job ABORTED by the service or not
+    finished within ``job_timeout_s``: retried with exponential backoff, then
+    :class:`GaiaArchiveUnavailable`). astroquery reports HTTP errors as text only, so the
+    client's connections record each response's status and the archive re-raises the error
+    as :class:`ArchiveHTTPError` carrying it.
 
 Cache
     Every successful chunk answer is written as Parquet to a blob cache (``get``/``put`` of
@@ -24,10 +28,12 @@ Cache
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
-import re
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -288,19 +294,51 @@ class GaiaEmptyResult(ValueError):
     """The archive answered, but no star of the region passes the cuts."""
 
 
-_TRANSIENT_TEXT = re.compile(r"time.?out|timed out|temporar|unavailable|overload|too many|"
-                             r"internal server error|bad gateway|gateway|503|502|500|504|"
-                             r"memory|connection", re.I)
+class ArchiveHTTPError(Exception):
+    """The archive answered an HTTP request with an error status (``status``)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class ArchiveJobEnded(Exception):
+    """An archive job ended in a phase other than COMPLETED (``phase``: ERROR or ABORTED)."""
+
+    def __init__(self, phase: str, message: str):
+        super().__init__(message)
+        self.phase = phase
+
+
+#: HTTP statuses worth retrying: the server's trouble (5xx), a request timeout, a rate limit.
+TRANSIENT_STATUS = frozenset({408, 429})
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an archive error may go away on a retry."""
+    """Whether an archive error may go away on a retry, by HTTP status and exception type.
+
+    Transient: HTTP 5xx, 408 and 429; a job ABORTED by the service; timeouts (socket or job);
+    connection errors (refused, reset, unreachable) and broken HTTP exchanges. Everything else
+    is permanent: an HTTP 4xx, a job in phase ERROR (the service rejected the query), or an
+    error of ours. The message text is never looked at: an error page that mentions "memory"
+    or "connection" is not a reason to retry.
+    """
     import http.client
 
-    # OSError covers socket timeouts and connection errors (refused, reset, unreachable)
-    if isinstance(exc, GaiaArchiveUnavailable | OSError | http.client.HTTPException):
+    import requests
+
+    if isinstance(exc, ArchiveHTTPError):
+        return exc.status >= 500 or exc.status in TRANSIENT_STATUS
+    if isinstance(exc, ArchiveJobEnded):
+        return exc.phase == "ABORTED"
+    if isinstance(exc, GaiaArchiveUnavailable | TimeoutError | ConnectionError | socket.gaierror
+                  | http.client.HTTPException | requests.ConnectionError | requests.Timeout):
         return True
-    return bool(_TRANSIENT_TEXT.search(str(exc)))
+    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+
+
+_NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN,
+                             errno.EHOSTDOWN, errno.ETIMEDOUT, errno.ECONNABORTED})
 
 
 @dataclass(frozen=True)
@@ -355,14 +393,40 @@ class GaiaArchive:
         self.job_timeout_s = job_timeout_s
         self.poll_s = poll_s
         self._gaia = None
+        self._last = threading.local()  # the status of this thread's last HTTP response
 
     def _client(self):
         if self._gaia is None:
-            self._gaia = _make_gaia_client(self.url, self.socket_timeout_s)
+            self._gaia = _make_gaia_client(self.url, self.socket_timeout_s, self._record)
         return self._gaia
 
+    def _record(self, status: int) -> None:
+        self._last.status = status
+
     def query(self, adql: str) -> pa.Table:
-        """Run one async query; returns the answer as an Arrow table."""
+        """Run one async query; returns the answer as an Arrow table.
+
+        Raises
+        ------
+        ArchiveHTTPError
+            An HTTP error status (astroquery's text-only error, re-raised with the status).
+        ArchiveJobEnded
+            The job ended in phase ERROR or ABORTED.
+        TimeoutError
+            The job did not finish within ``job_timeout_s``.
+        """
+        import requests
+
+        self._last.status = None
+        try:
+            return self._query(adql)
+        except requests.exceptions.HTTPError as exc:
+            status = getattr(exc.response, "status_code", None) or self._last.status
+            if status is None or status < 400:
+                raise ConnectionError(f"HTTP exchange failed: {exc}") from exc
+            raise ArchiveHTTPError(status, str(exc).strip()[:500]) from exc
+
+    def _query(self, adql: str) -> pa.Table:
         job = self._client().launch_job_async(adql, background=True, verbose=False)
         deadline = time.monotonic() + self.job_timeout_s
         while True:
@@ -378,12 +442,14 @@ class GaiaArchive:
                 detail = job.get_error()
             except Exception as exc:  # the error document itself may be unavailable
                 detail = f"(no error document: {exc})"
-            raise RuntimeError(f"archive job {job.jobid} ended in phase {phase}: {detail}")
+            raise ArchiveJobEnded(phase, f"archive job {job.jobid} ended in phase {phase}: "
+                                         f"{detail}")
         return _astropy_to_arrow(job.get_results())
 
 
-def _make_gaia_client(url: str, timeout_s: float):
-    """astroquery's GaiaClass on ``url`` with per-request socket timeouts."""
+def _make_gaia_client(url: str, timeout_s: float, record: Callable[[int], None]):
+    """astroquery's GaiaClass on ``url`` with per-request socket timeouts; ``record`` receives
+    the HTTP status of every response."""
     import http.client
     from urllib.parse import urlparse
 
@@ -394,14 +460,25 @@ def _make_gaia_client(url: str, timeout_s: float):
     https = u.scheme == "https"
     port = u.port or (443 if https else 80)
 
+    def recording(base):
+        class Recording(base):
+            def getresponse(self):
+                response = super().getresponse()
+                record(response.status)
+                return response
+        return Recording
+
+    http_conn = recording(http.client.HTTPConnection)
+    https_conn = recording(http.client.HTTPSConnection)
+
     class TimeoutConnections(ConnectionHandler):
         def get_connection(self, *, ishttps=False, cookie=None, verbose=False):
             if ishttps or https:
-                return http.client.HTTPSConnection(u.hostname, port, timeout=timeout_s)
-            return http.client.HTTPConnection(u.hostname, port, timeout=timeout_s)
+                return https_conn(u.hostname, port, timeout=timeout_s)
+            return http_conn(u.hostname, port, timeout=timeout_s)
 
         def get_connection_secure(self, verbose):
-            return http.client.HTTPSConnection(u.hostname, port, timeout=timeout_s)
+            return https_conn(u.hostname, port, timeout=timeout_s)
 
     base = u.path.rstrip("/")
     conn = TapConn(https, u.hostname, server_context=f"{base}/tap-server", port=port,
