@@ -159,18 +159,22 @@ def test_cuda_source_equals_its_twin_and_is_exact(rng, monkeypatch, host_kernel,
 
 
 def test_kernel_compiles_with_nvrtc():
-    """The CUDA source compiles for the T4 (sm_75) and the H100 (sm_90); needs CuPy's NVRTC
-    (no GPU)."""
+    """The CUDA source compiles for the T4 (sm_75) and the H100 (sm_90) with the options of
+    the real build, and without fused multiply-adds (the twins round a*b+c twice); needs
+    CuPy's NVRTC (no GPU)."""
     nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    assert "--fmad=false" in grid_knn.NVRTC_OPTIONS
     for arch in ("compute_75", "compute_90"):
         for d, m in ((5, 34), (1, 2), (8, 256)):
             prog = nvrtc.createProgram(grid_knn.GRID_KERNEL_SOURCE, "grid.cu", [], [])
             try:
-                nvrtc.compileProgram(prog, [f"-arch={arch}", f"-DGRID_D={d}",
-                                            f"-DGRID_M={m}"])
+                nvrtc.compileProgram(prog, [f"-arch={arch}", *grid_knn.NVRTC_OPTIONS,
+                                            f"-DGRID_D={d}", f"-DGRID_M={m}"])
             except Exception as exc:
                 raise AssertionError(nvrtc.getProgramLog(prog)) from exc
-            assert b"grid_candidates" in nvrtc.getPTX(prog)
+            ptx = nvrtc.getPTX(prog)
+            assert b"grid_candidates" in ptx
+            assert b"fma.rn.f32" not in ptx, "a float32 multiply-add was fused"
 
 
 @pytest.mark.gpu

@@ -374,13 +374,20 @@ def _grid_candidates_cpu(xs, order, ukeys, cstart, q, qcell, lo_gap, hi_gap, nce
         out_scanned[i] = scanned
 
 
+#: NVRTC options of every build. NVRTC fuses a*b+c into one FMA by default (one rounding
+#: instead of two); the numba twin and the host build round twice, so without ``--fmad=false``
+#: the float32 distances, and with them the ``scanned`` counts and the candidate order at
+#: ties, could differ by an ulp between the GPU and its twins.
+NVRTC_OPTIONS = ("--fmad=false",)
+
+
 @lru_cache(maxsize=64)
 def _cuda_kernel(d: int, m: int):
     """The ``grid_candidates`` kernel compiled for ``d`` features and ``m`` candidates."""
     import cupy
 
     return cupy.RawKernel(GRID_KERNEL_SOURCE, "grid_candidates",
-                          options=(f"-DGRID_D={d}", f"-DGRID_M={m}"))
+                          options=(*NVRTC_OPTIONS, f"-DGRID_D={d}", f"-DGRID_M={m}"))
 
 
 def grid_candidates(level: GridLevel, q32, qcell, lo_gap32, hi_gap32, m: int, xp=np):
