@@ -14,6 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Nothing a test runs may write into the checkout or the user's data folder: module-scoped
 # fixtures run before the per-test RAY_APP_HOME below, so the session gets one too.
 os.environ["RAY_APP_HOME"] = tempfile.mkdtemp(prefix="ray-app-tests-")
+# hypothesis keeps caches in ./.hypothesis unless told otherwise
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tempfile.mkdtemp(prefix="ray-app-hypothesis-")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,6 +24,8 @@ MAX_REGION_DEG2 = 3000.0
 #: A polygon's vertices must lie within this angle of its centre (gnomonic tests need < 90).
 MAX_POLYGON_RADIUS_DEG = 60.0
 MAX_CONE_RADIUS_DEG = 30.0
+#: Smallest cone (1 arcmin): below it a region holds no stream and rounds to zero area.
+MIN_CONE_RADIUS_DEG = 1.0 / 60.0
 MAX_POLYGON_VERTICES = 1000
 MAX_HEALPIX_PIXELS = 100_000
 
@@ -427,8 +429,9 @@ def parse_region(spec, max_area_deg2: float = MAX_REGION_DEG2) -> Region:
                              f"got {c!r}")
         centre = _point(c["center"], "region.cone.center")
         radius = _number(c, "radius", 0.0, MAX_CONE_RADIUS_DEG, "region.cone")
-        if radius <= 0:
-            raise ValueError(f"region.cone.radius must be > 0 deg, got {radius!r}")
+        if radius < MIN_CONE_RADIUS_DEG:
+            raise ValueError(f"region.cone.radius must be in [{MIN_CONE_RADIUS_DEG:.4f}, "
+                             f"{MAX_CONE_RADIUS_DEG:g}] deg (1 arcmin to 30 deg), got {radius!r}")
         region = ConeRegion(_frame(spec, centre), centre[0], centre[1], radius)
     elif shape == "polygon":
         p = spec["polygon"]
