@@ -3,7 +3,10 @@
 Runs Ray's fake multi-node autoscaler on this machine with the GPU worker type read from
 ``cluster.yaml`` (so the demo and the deployment cannot drift apart), starts a
 :class:`~ray_app.engine.pool.DensityPool` with one GPU per actor, queues shard work, and prints
-a timeline: pending backlog, actors, and GPU nodes alive.
+a timeline: pending backlog, actors, GPU nodes alive and the standing ``request_resources``
+demand. It also runs CPU-only tasks while the GPU nodes are up and reports where they ran:
+GPU nodes advertise no CPU, so none may land there (Ray issue 47866), and the pool's demand
+must drop to zero bundles once the work drains (Ray issue 19785) or the nodes never leave.
 
     python benchmarks/scaling_demo.py [--cluster-yaml cluster.yaml] [--shards 6]
 
@@ -75,6 +78,17 @@ def gpu_nodes(ray) -> int:
     return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) >= 1)
 
 
+def requested_bundles() -> int:
+    """Bundles of the standing request_resources demand (v1 autoscaler's channel)."""
+    import json
+
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return 0 if raw is None else len(json.loads(raw))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cluster-yaml", default=str(REPO / "cluster.yaml"))
@@ -112,37 +126,54 @@ def main() -> int:
         X_ref, sid_ref = ray.put(X), ray.put(sid)
         rows = np.arange(len(X))
         pool = DensityPool(max_actors=args.max_gpu_nodes, num_gpus=resources["GPU"],
-                           num_cpus=1, idle_release_s=2.0, name_prefix="demo-density-actor")
+                           idle_release_s=2.0, name_prefix="demo-density-actor")
         futures = [pool.submit("demo", "density",
                                (X_ref, sid_ref, DensityTask(f"s{i}", rows, rows, 16, len(X))),
                                f"s{i}") for i in range(args.shards)]
-        print(f"{'t [s]':>6} | {'backlog':>7} | {'actors':>6} | {'GPU nodes':>9} | event")
+        @ray.remote(num_cpus=1)
+        def cpu_only():
+            time.sleep(0.2)
+            return ray.get_runtime_context().get_node_id()
+
+        print(f"{'t [s]':>6} | {'backlog':>7} | {'actors':>6} | {'GPU nodes':>9} | "
+              f"{'requested':>9} | event")
         last = None
         dropped = False
+        cpu_tasks, on_gpu = None, None
         while time.monotonic() - t0 < args.timeout:
             done = sum(f.done() for f in futures)
+            if gpu_nodes(ray) and cpu_tasks is None:  # CPU-only work while GPU nodes are up
+                gpu_ids = {n["NodeID"] for n in ray.nodes()
+                           if n["Alive"] and n["Resources"].get("GPU", 0) >= 1}
+                cpu_tasks = [cpu_only.remote() for _ in range(8)]
             if done == len(futures) and not dropped:
                 for i in range(args.shards):
                     pool.submit("demo", "drop", (f"s{i}",), f"s{i}")
                 dropped = True
-            state = (pool.backlog(), pool.size(), gpu_nodes(ray), done)
+            state = (pool.backlog(), pool.size(), gpu_nodes(ray), requested_bundles(), done)
             if state != last:
                 event = f"{done}/{len(futures)} shards done"
                 print(f"{time.monotonic() - t0:>6.1f} | {state[0]:>7} | {state[1]:>6} | "
-                      f"{state[2]:>9} | {event}", flush=True)
+                      f"{state[2]:>9} | {state[3]:>9} | {event}", flush=True)
                 last = state
             ok_up = ok_up or state[2] >= 1
-            if dropped and ok_up and state[2] == 0 and state[1] == 0:
+            if dropped and ok_up and state[2] == 0 and state[1] == 0 and state[3] == 0:
                 ok_down = True
                 break
             time.sleep(0.5)
+        if cpu_tasks is not None:
+            on_gpu = sum(node in gpu_ids for node in ray.get(cpu_tasks, timeout=60))
+            print(f"CPU-only tasks run while GPU nodes were up: {len(cpu_tasks)}, "
+                  f"on GPU nodes: {on_gpu}")
+        print(f"request_resources demand after the drain: {requested_bundles()} bundles")
         pool.shutdown()
     finally:
         ray.shutdown()
         subprocess.run([RAY_CLI, "stop"], env=env, capture_output=True)
-    verdict = "scaled up and back to zero" if ok_up and ok_down else "DID NOT scale as expected"
+    ok = ok_up and ok_down and on_gpu == 0
+    verdict = "scaled up and back to zero" if ok else "DID NOT scale as expected"
     print(f"{verdict} in {time.monotonic() - t0:.0f} s")
-    return 0 if ok_up and ok_down else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -31,15 +31,90 @@ def test_node_types_and_scaling():
     assert head["resources"]["GPU"] == 0  # no GPU work on the head
     gpu = types["gpu.g4dn.xlarge"]
     assert gpu["node_config"]["InstanceType"] == "g4dn.xlarge"
-    assert gpu["resources"] == {"CPU": 4, "GPU": 1}  # explicit resources
+    assert gpu["resources"] == {"CPU": 0, "GPU": 1}  # explicit; no CPU: only GPU work lands
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
     assert types["gpu.g4dn.12xlarge"]["min_workers"] == 0
+    for name, spec in types.items():  # no GPU node type advertises a CPU (Ray issue 47866)
+        if spec["resources"].get("GPU", 0) > 0:
+            assert spec["resources"]["CPU"] == 0, name
+    # several zones: the AWS provider tries each zone's subnet before a launch fails
+    assert len(CFG["provider"]["availability_zone"].split(",")) >= 3
     assert CFG["max_workers"] >= gpu["max_workers"]
     assert 0 < CFG["idle_timeout_minutes"] <= 30
     for name, spec in types.items():  # an instance profile on every node type
         assert spec["node_config"]["IamInstanceProfile"]["Name"], name
     head_cmd = " ".join(CFG["head_start_ray_commands"])
     assert "RAY_JOB_STOP_WAIT_TIME_S=" in head_cmd and "--num-gpus=0" in head_cmd
+
+
+def _nodes_for(demand, max_workers=None, existing=None):
+    """What Ray's autoscaler (v1 resource demand scheduler) would add for ``demand``."""
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary,
+    )
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer,
+        get_nodes_for,
+    )
+
+    types = copy.deepcopy(CFG["available_node_types"])
+    for name, n in (max_workers or {}).items():
+        types[name]["max_workers"] = n
+
+    def scorer(resources, demands, node_type):
+        return _default_utilization_scorer(
+            resources, demands, node_type,
+            node_availability_summary=NodeAvailabilitySummary(node_availabilities={}))
+
+    added, left = get_nodes_for(types, existing or {}, CFG["head_node_type"], 100, demand,
+                                scorer)
+    return dict(added), left
+
+
+def test_autoscaler_places_gpu_demand_on_g4dn_first_and_cpu_demand_never_on_gpu_nodes():
+    gpu = {"GPU": 1}
+    # the default config: every GPU bundle becomes a g4dn.xlarge, nothing else
+    assert _nodes_for([gpu] * 3) == ({"gpu.g4dn.xlarge": 3}, [])
+    # the fallback type enabled: g4dn stays first; g5 only beyond g4dn's max_workers
+    added, left = _nodes_for([gpu] * 10, {"gpu.fallback.g5.xlarge": 4})
+    assert added == {"gpu.g4dn.xlarge": 8, "gpu.fallback.g5.xlarge": 2} and not left
+    # CPU-only demand fits no GPU node type (they advertise CPU: 0)
+    added, left = _nodes_for([{"CPU": 1}] * 4, {"gpu.fallback.g5.xlarge": 4})
+    assert not any(name.startswith("gpu.") for name in added)
+
+
+def test_working_dir_upload_is_small():
+    """`ray job submit --working-dir .` zips what .gitignore and .rayignore let through: no
+    .git, venv, results or tests (Ray's limit is 100 MiB, HTTP 413 beyond)."""
+    import tempfile
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # a user's checkout in miniature, with the repository's ignore files
+        fake = Path(tmp) / "checkout"
+        for rel in (".git/objects/ab", ".venv/lib/site.py", "results/gd1/stars.parquet",
+                    "tests/data/x.parquet", "ray_app/cli.py", "jobs/consume.py",
+                    "catalogue.parquet"):
+            (fake / rel).parent.mkdir(parents=True, exist_ok=True)
+            (fake / rel).write_text("x")
+        for name in (".gitignore", ".rayignore"):
+            (fake / name).write_text((REPO / name).read_text())
+        create_package(str(fake), Path(tmp) / "fake.zip", include_gitignore=True)
+        fake_names = set(zipfile.ZipFile(Path(tmp) / "fake.zip").namelist())
+        # and the real checkout, read only
+        create_package(str(REPO), Path(tmp) / "real.zip", include_gitignore=True)
+        names = zipfile.ZipFile(Path(tmp) / "real.zip").namelist()
+        size = (Path(tmp) / "real.zip").stat().st_size
+    assert {"ray_app/cli.py", "jobs/consume.py", "catalogue.parquet"} <= fake_names  # inputs
+    assert not {n for n in fake_names if n.split("/")[0] in {".git", ".venv", "results",
+                                                             "tests"}}, fake_names
+    tops = {n.split("/")[0] for n in names}
+    assert {"ray_app", "jobs", "pyproject.toml", "constraints.txt"} <= tops
+    for unwanted in (".git", ".venv", "tests", ".pytest_cache"):
+        assert unwanted not in tops, unwanted
+    assert size < 5 * 2**20, f"upload of {size / 2**20:.1f} MiB"
 
 
 def test_versions_are_pinned_to_pyproject():

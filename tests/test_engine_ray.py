@@ -23,8 +23,9 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # as in cluster.yaml: a CPU head, GPU workers that advertise no CPU
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    workers = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    workers = [c.add_node(num_cpus=0, num_gpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, logging_level="ERROR")
     yield c, workers
@@ -115,18 +116,42 @@ def test_pool_grows_with_backlog_and_releases_idle_actors(cluster, catalogue):
     futs = [pool.submit("J", "density", (X_ref, sid_ref, DensityTask(f"J-{i}", rows, rows, 8,
                                                                      len(X))), f"J-{i}")
             for i in range(4)]
-    peak = 0
+    peak, asked = 0, []
+
+    @ray.remote(num_cpus=1)
+    def where():
+        return ray.get_runtime_context().get_node_id()
+
+    cpu_tasks = [where.remote() for _ in range(6)]  # CPU-only work while GPU actors run
     while not all(f.done() for f in futs):
         peak = max(peak, pool.size())
+        asked.append(_requested_bundles())
         time.sleep(0.05)
     assert peak == 2  # grew to the limit, not beyond
+    assert [{"GPU": 1}, {"GPU": 1}] in asked  # asked the autoscaler for two GPU bundles
+    gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Resources"].get("GPU", 0) > 0}
+    assert not set(ray.get(cpu_tasks)) & gpu_nodes, "CPU-only work landed on a GPU node"
     for i in range(4):  # release the shard states so the actors are idle
         pool.submit("J", "drop", (f"J-{i}",), f"J-{i}").result(timeout=60)
     deadline = time.time() + 30
     while pool.size() and time.time() < deadline:
         time.sleep(0.2)
     assert pool.size() == 0, "idle actors must be released (nodes can scale to zero)"
+    # the pool, still alive, has replaced its demand by zero bundles (Ray issue 19785: a
+    # request persists until replaced, and would keep the GPU nodes forever)
+    assert _requested_bundles() == []
     pool.shutdown()
+
+
+def _requested_bundles():
+    """The standing ``request_resources`` demand, as the (v1) autoscaler reads it."""
+    import json
+
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return None if raw is None else json.loads(raw)
 
 
 def test_gpu_actors_requested_on_a_cluster_that_starts_without_gpus(cluster, monkeypatch):
@@ -151,7 +176,7 @@ def test_removing_a_node_mid_job_gives_identical_outputs(cluster, catalogue):
     c, workers = cluster
     X, sid = catalogue
     reference = sharded_density_and_forests(X, sid, 16, InProcessExecutor(detect_backend("cpu")))
-    spare = c.add_node(num_cpus=1, num_gpus=1)  # where the lost actor can restart
+    spare = c.add_node(num_cpus=0, num_gpus=1)  # where the lost actor can restart
     c.wait_for_nodes()
     engine = RayEngine(num_gpus_per_actor=1, max_actors=2, idle_release_s=600)
     removed = []

@@ -19,5 +19,7 @@ def test_backlog_scales_gpu_nodes_up_and_back_to_zero():
                          capture_output=True, text=True, timeout=400)
     print(out.stdout[-3000:])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "gpu.g4dn.xlarge {'CPU': 4, 'GPU': 1}" in out.stdout  # read from cluster.yaml
+    assert "gpu.g4dn.xlarge {'CPU': 0, 'GPU': 1}" in out.stdout  # read from cluster.yaml
+    assert "on GPU nodes: 0" in out.stdout  # CPU-only work never kept a GPU node
+    assert "request_resources demand after the drain: 0 bundles" in out.stdout
     assert "scaled up and back to zero" in out.stdout

@@ -24,8 +24,14 @@ from .orchestrate import (
     worker_backend,
 )
 
-#: CPUs a density actor reserves (the pool's default).
+#: CPUs a CPU density actor reserves. A GPU actor reserves none: GPU nodes advertise CPU: 0
+#: (cluster.yaml) so that nothing but density actors can be placed on them.
 ACTOR_CPUS = 1.0
+
+
+def actor_cpus(num_gpus_per_actor: float) -> float:
+    """CPUs a density actor asks Ray for: 0 with a GPU, else :data:`ACTOR_CPUS`."""
+    return 0.0 if num_gpus_per_actor > 0 else ACTOR_CPUS
 
 #: Default memory one actor may use for a shard (bytes); ``RAY_APP_MEMORY_PER_ACTOR`` overrides.
 DEFAULT_MEMORY_PER_ACTOR = 4 * 2**30
@@ -182,14 +188,15 @@ class RayEngine:
                              f"Ray instance has {gpus:g} GPU(s): unset it, or run on a "
                              "cluster that can add GPU nodes")
         cpus = ray.cluster_resources().get("CPU", 0)
-        if self._owns_ray and max_actors * ACTOR_CPUS > cpus:
+        per_actor = actor_cpus(num_gpus_per_actor)
+        if self._owns_ray and max_actors * per_actor > cpus:
             ray.shutdown()
-            raise ValueError(f"--max-actors {max_actors} needs {max_actors * ACTOR_CPUS:g} CPUs "
-                             f"({ACTOR_CPUS:g} per density actor) but this local Ray instance "
+            raise ValueError(f"--max-actors {max_actors} needs {max_actors * per_actor:g} CPUs "
+                             f"({per_actor:g} per density actor) but this local Ray instance "
                              f"has {cpus:g}: lower --max-actors or raise --num-cpus")
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
         self.pool = DensityPool(max_actors=max_actors, num_gpus=num_gpus_per_actor,
-                                num_cpus=ACTOR_CPUS,
+                                num_cpus=per_actor,
                                 prefer_backend=prefer_backend, idle_release_s=idle_release_s,
                                 min_actors=min_actors)
 

@@ -57,21 +57,24 @@ class DensityPool:
     max_actors : int
         Upper bound on actors (GPU count of the cluster's max size, typically).
     num_gpus, num_cpus : float
-        Resources per actor (``num_gpus=1`` on the GPU cluster, fractional allowed).
+        Resources per actor (``num_gpus=1`` on the GPU cluster, fractional allowed). CPUs
+        default to 0 for GPU actors (GPU nodes advertise no CPU, so that nothing else lands
+        on them: cluster.yaml) and 1 otherwise.
     idle_release_s : float
         Actors idle this long (holding no shard state) are released.
     min_actors : int
         Actors kept even when idle (0 lets GPU nodes scale to zero).
     """
 
-    def __init__(self, max_actors: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0,
+    def __init__(self, max_actors: int = 1, num_gpus: float = 0.0,
+                 num_cpus: float | None = None,
                  prefer_backend: str = "auto", idle_release_s: float = 300.0,
                  min_actors: int = 0, name_prefix: str = "density-actor"):
         if max_actors < 1:
             raise ValueError(f"max_actors must be >= 1, got {max_actors}")
         self.max_actors = max_actors
         self.num_gpus = num_gpus
-        self.num_cpus = num_cpus
+        self.num_cpus = (0.0 if num_gpus > 0 else 1.0) if num_cpus is None else num_cpus
         self.prefer_backend = prefer_backend
         self.idle_release_s = idle_release_s
         self.min_actors = min_actors
@@ -257,13 +260,19 @@ class DensityPool:
         self._request(len(self._slots))
 
     def _request(self, n: int) -> None:
-        """Tell the autoscaler how many actor bundles we want (GPU pools only)."""
+        """Tell the autoscaler how many actor bundles we want (GPU pools only).
+
+        A ``request_resources`` demand persists until replaced (Ray issue 19785): every change
+        of the pool's size replaces it, and an empty pool requests zero bundles, so GPU nodes
+        can leave once the backlog has drained and the idle actors are released.
+        """
         if self.num_gpus <= 0 or n == self._requested:
             return
         self._requested = n
+        bundle = {k: v for k, v in (("GPU", self.num_gpus), ("CPU", self.num_cpus)) if v > 0}
         try:
             from ray.autoscaler.sdk import request_resources
 
-            request_resources(bundles=[{"GPU": self.num_gpus, "CPU": self.num_cpus}] * n)
+            request_resources(bundles=[bundle] * n)
         except Exception as exc:  # no autoscaler (local cluster): capacity is what it is
             log.debug("request_resources unavailable: %s", exc)
