@@ -122,7 +122,7 @@ def cmd_recover(args) -> int:
                            n_background=args.n_background, n_stream=args.n_stream,
                            shards=args.shards, columns=args.columns,
                            member_probability=args.member_probability,
-                           photometry=args.photometry)
+                           photometry=args.photometry, orientations=args.orientations)
     from .engine.engines import default_engine
     from .pipeline.runner import run_recovery
 
@@ -385,6 +385,56 @@ def cmd_catalog(args) -> int:
     return 0
 
 
+def cmd_survey(args) -> int:
+    from .survey.run import SurveyParams, run_survey
+
+    _at_least_one("--num-cpus", args.num_cpus)
+    _at_least_one("--max-actors", args.max_actors)
+    inject = tuple(k.strip() for k in (args.inject or "").split(",") if k.strip())
+    params = SurveyParams(
+        out=args.out, region=_region_arg(args.region), healpix=args.healpix,
+        min_abs_b=args.min_abs_b, all_sky=args.all_sky, source=args.source, inject=inject,
+        density_scale=args.density_scale, stream_members=args.stream_members,
+        patch_level=args.patch_level, overlap_deg=args.overlap, n_neighbors=args.n_neighbors,
+        sigma_threshold=args.sigma_threshold, member_probability=args.member_probability,
+        orientations=args.orientations, seed=args.seed, retries=args.retries,
+        concurrency=args.concurrency, cache=args.cache,
+        columns=args.columns)
+    from .engine.engines import default_engine
+
+    printer = _Progress()
+    printer.note(f"survey: {params.area_deg2:.0f} deg^2 in {len(params.patches)} patches "
+                 f"(level {params.patch_level}, overlap {params.overlap_deg:g} deg); each "
+                 f"patch's job at sigma >= {params.job_threshold:.2f} = survey sigma >= "
+                 f"{params.sigma_threshold:g}")
+    engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
+                                             "max_actors": args.max_actors,
+                                             "log_to_driver": False}
+                                            if args.engine == "ray" else {}))
+    try:
+        state = run_survey(params, engine, progress=lambda done, total, pid: printer(
+            int(100 * done / total), f"patches {done}/{total}"))
+    finally:
+        printer.close()
+        engine.close()
+    t = state["totals"]
+    print(f"survey {params.out}: {t['done']} patches searched ({t['resumed']} from an earlier "
+          f"run), {t['empty']} empty, {t['failed']} failed; {t['candidates']} survey "
+          f"candidate(s); {state['throughput']['stars_per_second']} stars/s")
+    if state["not_searched"]["patches"]:
+        print(f"  NOT searched: {state['not_searched']['area_deg2']} deg^2 in patches "
+              f"{', '.join(state['not_searched']['patches'])} (see survey.json)")
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(Path(params.out) / "candidates.parquet").to_pylist()[:20]:
+        known = f"matches {row['match_name']} ({row['match_key']})" if row["match_key"] \
+            else "no registry match (new?)"
+        print(f"  #{row['id']}: sigma={row['significance']:.2f} members={row['n_members']} "
+              f"length={row['length_deg']:.1f} deg at ({row['ra_median']:.1f}, "
+              f"{row['dec_median']:.1f}); {known}; patches {len(row['patches'])}")
+    return 0 if not state["not_searched"]["patches"] else 1
+
+
 def _member_flags(p) -> None:
     p.add_argument("--member-probability", type=_number,
                    default=DEFAULT_MEMBER_PROBABILITY,
@@ -475,8 +525,73 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density actors in the pool (default: one per GPU, else 1)")
     r.add_argument("--job-id", help="jobId to record in the local status store "
                                     "(default: random)")
+    r.add_argument("--orientations", type=_number, default=None,
+                   help="a --region without a frame is searched in this many great-circle "
+                        "frames through its centre, 180/n deg apart, then refined along its "
+                        "best structures; 1: one isotropic frame (default 8)")
     _member_flags(r)
     r.set_defaults(func=cmd_recover)
+
+    sv = sub.add_parser(
+        "survey", help="blind search of a large sky area, patch by patch (resumable)",
+        description="Plan HEALPix patches over an area, search each with a blind region job "
+                    "(orientation scan), merge the patches' candidates into survey "
+                    "candidates (significance corrected for every patch searched), "
+                    "cross-match them with the registry and write candidates.parquet, "
+                    "members.parquet, map.png, survey.json and manifest.json to --out. "
+                    "Running it again with the same --out resumes: finished patches are "
+                    "not searched again.")
+    area = sv.add_argument_group("area (one of --region, --healpix, --all-sky; --min-abs-b "
+                                 "alone means the whole sky at |b| above it)")
+    area.add_argument("--region", help="JSON region (or @file.json), e.g. '{\"polygon\": "
+                                       "[[120, 0], [240, 0], [240, 60], [120, 60]]}'")
+    area.add_argument("--healpix", help="LEVEL:PIX,PIX,... nested HEALPix pixels, e.g. 1:4,5")
+    area.add_argument("--min-abs-b", type=_number, default=None,
+                      help="only where the Galactic latitude |b| exceeds this (deg)")
+    area.add_argument("--all-sky", action="store_true", help="the whole sky")
+    sv.add_argument("--out", required=True,
+                    help="survey folder: new or empty, or an earlier run of the same survey "
+                         "(resumed); anything else is refused")
+    sv.add_argument("--source", default="synthetic",
+                    help="'synthetic' (seeded synthetic sky), 'gaia-dr3' (the archive, "
+                         "cached), a Parquet file, or a HATS folder "
+                         "(Norder=K/Dir=D/Npix=N partitions: only those a patch needs are "
+                         "read)")
+    sv.add_argument("--inject", help="registry streams to inject into the synthetic sky, "
+                                     "KEY,KEY,... (see `ray-app catalog`)")
+    sv.add_argument("--density-scale", type=_number, default=0.02,
+                    help="fraction of the synthetic field's stars kept, (0, 1] (thins the "
+                         "field so that thousands of deg^2 run on a laptop; streams are not "
+                         "thinned)")
+    sv.add_argument("--stream-members", type=int, default=1000,
+                    help="stars per injected stream (G < 20.5, before the cuts)")
+    sv.add_argument("--patch-level", type=int, default=3,
+                    help="HEALPix level of the patches, 1-6 (3: 53.7 deg^2 each)")
+    sv.add_argument("--overlap", type=_number, default=2.0,
+                    help="deg searched beyond each patch's own area, 0-10")
+    sv.add_argument("--n-neighbors", type=_number, default=32, help="k of the kNN, 1..1024")
+    sv.add_argument("--sigma-threshold", type=_number, default=DEFAULT_SIGMA_THRESHOLD,
+                    help="survey candidate threshold, in sigma corrected for every patch "
+                         "searched")
+    sv.add_argument("--orientations", type=_number, default=None,
+                    help="frames of each patch's orientation scan (default 8)")
+    sv.add_argument("--member-probability", type=_number,
+                    default=DEFAULT_MEMBER_PROBABILITY,
+                    help="members: membership probability at least this, (0, 1]")
+    sv.add_argument("--seed", type=int, default=0, help="seed of the synthetic sky and nulls")
+    sv.add_argument("--retries", type=int, default=1,
+                    help="extra attempts of a failing patch before it is reported failed")
+    sv.add_argument("--concurrency", type=int, default=2,
+                    help="patches searched at once on the shared density pool")
+    sv.add_argument("--cache", help="Gaia chunk cache (--source gaia-dr3)")
+    sv.add_argument("--columns", help="rename a Parquet source's columns: FILE=ours,...")
+    sv.add_argument("--engine", choices=("ray", "in-process"), default="ray",
+                    help="a local Ray instance's density pool, or this process")
+    sv.add_argument("--num-cpus", type=int, default=None,
+                    help="CPUs for the local Ray instance, >= 1 (default: all)")
+    sv.add_argument("--max-actors", type=int, default=None,
+                    help="density actors in the pool (default: one per GPU, else 1)")
+    sv.set_defaults(func=cmd_survey)
 
     def aws_flags(p):
         p.add_argument("--queue-url", help="SQS queue URL (default $QUEUE_URL)")

@@ -62,6 +62,7 @@ field_values = {
     "source": st.one_of(st.sampled_from(["synthetic", "gaia-dr3", "s3://b/k.parquet",
                                          "/tmp/x.parquet", ""]), json_values),
     "columns": json_values, "cache": json_values, "submittedBy": json_values,
+    "orientations": numbers, "surveyId": st.one_of(st.text(max_size=140), json_values),
     "photometry": st.one_of(st.just("none"), st.fixed_dictionaries(
         {"magnitude": json_values, "colour": json_values}), json_values),
 }

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ray_app"
 FORBIDDEN_IN_CORE = {"ray", "boto3", "botocore", "requests", "urllib", "http", "socket",
                      "astroquery"}
 # Lowest first; a module may import from its own layer or any layer before it.
-LAYERS = ["core", "data", "io", "engine", "pipeline", "service", "cli"]
+LAYERS = ["core", "data", "io", "engine", "pipeline", "service", "survey", "cli"]
 
 
 def _module_name(path: Path) -> str:

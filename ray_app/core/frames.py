@@ -74,6 +74,29 @@ class StreamFrame:
     def rotation(self) -> np.ndarray:
         return np.asarray(self.matrix, dtype=float)
 
+    def rotated(self, angle_deg: float) -> StreamFrame:
+        """This frame turned by ``angle_deg`` about its origin (phi1, phi2) = (0, 0): the new
+        equator leaves the origin at ``angle_deg`` from the old one, towards +phi2.
+
+        A blind search scans orientations with these frames: a thin stream through the
+        origin is dense along its own direction only.
+        """
+        if angle_deg == 0:
+            return self
+        a = np.radians(angle_deg)
+        x, y, z = self.rotation
+        y2 = np.cos(a) * y + np.sin(a) * z
+        z2 = -np.sin(a) * y + np.cos(a) * z
+        return StreamFrame(tuple(tuple(float(v) for v in row) for row in (x, y2, z2)),
+                           name=f"{self.name} rotated {angle_deg:+g} deg")
+
+    @property
+    def pole(self) -> tuple[float, float]:
+        """(ra, dec) of the frame's pole, degrees."""
+        z = self.rotation[2]
+        return (float(np.mod(np.degrees(np.arctan2(z[1], z[0])), 360.0)),
+                float(np.degrees(np.arcsin(np.clip(z[2], -1.0, 1.0)))))
+
     def to_dict(self) -> dict:
         return {"name": self.name, "matrix": [list(r) for r in self.matrix]}
 

@@ -235,3 +235,29 @@ def _smooth(a: np.ndarray) -> np.ndarray:
         return a
     padded = np.concatenate([a[:1], a, a[-1:]])
     return 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+
+
+@dataclass(frozen=True)
+class Polyline:
+    """A track re-expressed in another frame, for drawing: points along the stream
+    (``phi1``, ``phi2``, the phi2 half-width ``width``), in the order of the original track.
+    In another frame a track need not be a function of phi1 (it may even run across it)."""
+
+    phi1: np.ndarray
+    phi2: np.ndarray
+    width: np.ndarray
+
+
+def track_polyline(track: Track | None, frame, to_frame, step_deg: float = 0.5):
+    """``track`` (fitted in ``frame``) as a :class:`Polyline` of sky positions in
+    ``to_frame``."""
+    from .frames import frame_to_icrs, icrs_to_frame
+
+    if track is None:
+        return None
+    lo, hi = float(track.phi1[0]), float(track.phi1[-1])
+    p = np.linspace(lo, hi, max(int(np.ceil((hi - lo) / step_deg)) + 1, 2))
+    ra, dec = frame_to_icrs(frame, p, track.at(p, "phi2"))
+    x, y = icrs_to_frame(to_frame, ra, dec)
+    w = track.width_at(p, "phi2") if "phi2" in track.widths else np.zeros_like(p)
+    return Polyline(np.asarray(x), np.asarray(y), np.asarray(w))

@@ -144,6 +144,20 @@ def _velocities(c: Component, X, Y, rng) -> np.ndarray:
                      v_r * np.sin(phi) + v_phi * np.cos(phi), v_z])
 
 
+def relative_sky_density(ra, dec, g_max: float = 20.5) -> np.ndarray:
+    """The model's star count per unit area brighter than ``g_max`` towards (ra, dec), in
+    arbitrary units (the line-of-sight integral of :func:`draw_field`, before the cuts); a
+    ratio of two positions is the ratio of their star counts."""
+    cell = healpix_index(np.atleast_1d(ra), np.atleast_1d(dec), _CELL_LEVEL)
+    cl, cb = _cell_centres_galactic(cell)
+    x = np.cos(cb)[:, None] * np.cos(cl)[:, None] * _DIST
+    y = np.cos(cb)[:, None] * np.sin(cl)[:, None] * _DIST
+    z = np.sin(cb)[:, None] * _DIST
+    X, Y, Z = x - R_SUN_KPC, y, z + Z_SUN_KPC
+    return sum((comp.density(X, Y, Z) * _DIST**3 * _lf_cdf(comp, g_max - _MU)).sum(axis=1)
+               for comp in COMPONENTS)
+
+
 def draw_field(region, n: int, rng: np.random.Generator, g_max: float = 20.5,
                parallax_max: float = 1.0, bp_rp_range: tuple = (-0.5, 2.5),
                error_scale: float = 1.0, batch: int = 200_000) -> dict:

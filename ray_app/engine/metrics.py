@@ -60,3 +60,11 @@ def job_metrics():
         operator_errors=m.Counter(PREFIX + "operator_errors",
                                   "valid jobs this deployment's configuration cannot run "
                                   "(the operator must act)", tag_keys=("stream",))))
+
+
+def survey_metrics():
+    """Progress of a survey campaign (patches finished, by status)."""
+    return _once("survey", lambda m: SimpleNamespace(
+        patches_done=m.Counter(PREFIX + "survey_patches_done",
+                               "survey patches finished (done, empty or failed)",
+                               tag_keys=("status",))))

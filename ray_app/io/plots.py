@@ -37,8 +37,26 @@ def _members_by_probability(ax, x, y, prob, members, vmin):
                       vmax=1.0, edgecolors="none", rasterized=True)
 
 
+def _track_xy(track, feature="phi2"):
+    """Points of a Track (phi1 -> feature) or of a Polyline (sky positions, another frame)."""
+    if hasattr(track, "at"):
+        return track.phi1, track.at(track.phi1, feature)
+    return track.phi1, track.phi2
+
+
 def _band(ax, track, feature, colour="k"):
     if track is None:
+        return
+    if not hasattr(track, "at"):  # a track from another frame's search: band across its path
+        x, y, w = track.phi1, track.phi2, track.width
+        ax.plot(x, y, color=colour, lw=1.0)
+        if len(x) > 1 and np.all(np.isfinite(w)):
+            dx, dy = np.gradient(x), np.gradient(y)
+            norm = np.hypot(dx, dy)
+            norm[norm == 0] = 1.0
+            nx, ny = -dy / norm * w, dx / norm * w
+            ax.fill(np.concatenate([x + nx, (x - nx)[::-1]]),
+                    np.concatenate([y + ny, (y - ny)[::-1]]), color=colour, alpha=0.12, lw=0)
         return
     x = track.phi1
     y = track.at(x, feature)
@@ -106,10 +124,11 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
     for i, track in enumerate(tracks):
         _band(sky, track, "phi2", colour=cmap(i % 10))
         if track is not None:
-            x = track.phi1[len(track.phi1) // 2]
+            tx, ty = _track_xy(track)
+            mid = len(tx) // 2
             match = candidates[i].get("match") if i < len(candidates) else None
             sky.annotate(f"#{i}" + (f" {match['name']}" if match else ""),
-                         (x, track.at(x, "phi2")), xytext=(0, 10), textcoords="offset points",
+                         (tx[mid], ty[mid]), xytext=(0, 10), textcoords="offset points",
                          fontsize=9, color=cmap(i % 10), fontweight="bold")
     sky.set_xlabel("phi1 [deg]")
     sky.set_ylabel("phi2 [deg]")
@@ -193,3 +212,75 @@ def _mad(v) -> float:
     if not len(v):
         return 0.0
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
+
+
+def _mollweide_xy(ra, dec):
+    """ICRS degrees -> matplotlib Mollweide axes radians, ra increasing to the left (east),
+    as sky maps are read."""
+    lon = np.radians(np.mod(np.asarray(ra, float) + 180.0, 360.0) - 180.0)
+    return -lon, np.radians(np.asarray(dec, float))
+
+
+def _split_at_wrap(x, y):
+    """Break a line where it jumps across the map's edge (|dx| > pi)."""
+    cut = np.flatnonzero(np.abs(np.diff(x)) > np.pi) + 1
+    return zip(np.split(x, cut), np.split(y, cut), strict=True)
+
+
+def survey_map(path: Path, *, searched, failed, candidates: list[dict], threshold: float,
+               title: str) -> None:
+    """Write ``map.png``: an all-sky Mollweide (ICRS) of the searched area (shaded), the
+    patches that failed (red), every registry track (thin grey outlines) and the survey
+    candidates' tracks coloured by their survey significance, labelled with their id and,
+    where they match one, the registry stream."""
+    from ..core.frames import frame_to_icrs
+    from ..data.registry import all_streams
+
+    fig = plt.figure(figsize=(13, 7.2))
+    ax = fig.add_subplot(111, projection="mollweide")
+    x, y = _mollweide_xy(*searched)
+    ax.scatter(x, y, s=1.2, c="#cfe3f3", edgecolors="none", rasterized=True,
+               label="searched area")
+    if len(failed[0]):
+        fx, fy = _mollweide_xy(*failed)
+        ax.scatter(fx, fy, s=1.2, c="#f3b0b0", edgecolors="none", rasterized=True,
+                   label="not searched (failed patches)")
+    from ..data.regions import _vec
+
+    area = _vec(*searched)
+    near = np.cos(np.radians(2.0))
+    for s in all_streams():  # those crossing the searched area drawn stronger
+        t = s.track_frame
+        ra, dec = frame_to_icrs(s.frame, t["phi1"], t["phi2"])
+        inside = len(area) and bool(np.any((_vec(ra, dec) @ area[:: max(1, len(area) // 4000)]
+                                            .T).max(axis=1) > near))
+        for sx, sy in _split_at_wrap(*_mollweide_xy(ra, dec)):
+            ax.plot(sx, sy, color="0.35" if inside else "0.7", lw=0.8 if inside else 0.4,
+                    alpha=0.9 if inside else 0.5)
+    ax.plot([], [], color="0.35", lw=0.8, label="registry tracks")
+    cmap = plt.get_cmap("viridis")
+    sig = [c["significance"] for c in candidates]
+    lo, hi = threshold, max(sig + [threshold + 1.0])
+    norm = plt.Normalize(lo, hi)
+    for c in candidates:
+        order = np.argsort(c["track_ra"]) if len(c["track_ra"]) else []
+        cx, cy = _mollweide_xy(np.asarray(c["track_ra"])[order],
+                               np.asarray(c["track_dec"])[order])
+        colour = cmap(norm(c["significance"]))
+        ax.scatter(cx, cy, s=9, color=colour, edgecolors="k", linewidths=0.2, zorder=3)
+        label = f"#{c['id']}" + (f" {c['match_name']}" if c.get("match_name") else " new")
+        mx, my = _mollweide_xy(c["ra_median"], c["dec_median"])
+        ax.annotate(label, (float(mx), float(my)), xytext=(4, 4), textcoords="offset points",
+                    fontsize=8, color="k", zorder=4)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cb = fig.colorbar(sm, ax=ax, orientation="horizontal", fraction=0.04, pad=0.07)
+    cb.set_label("survey significance (sigma, corrected for every patch searched)")
+    ax.set_xticks(np.radians(np.arange(-150, 181, 30)))
+    ax.set_xticklabels([f"{int(v)}" for v in np.mod(-np.arange(-150, 181, 30), 360)],
+                       fontsize=7)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.set_title(f"{title}\n{len(candidates)} survey candidate(s); RA (deg) increasing to "
+                 "the left, Dec (deg)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7, markerscale=6, framealpha=0.8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -6,6 +6,7 @@ received and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +27,35 @@ DEFAULT_N_NEIGHBORS = 32
 MAX_SHARDS = 4096
 GAIA_SOURCES = ("gaia-dr3", "gaia")
 DEFAULT_GAIA_URL = "https://gea.esac.esa.int/"
-#: Positional feature scale (deg) of blind regions searched without a stream frame: no
-#: direction is preferred, so phi1 and phi2 get the same scale.
+#: Positional feature scale (deg) of a blind region searched in one isotropic frame
+#: (``orientations = 1``): no direction is preferred, so phi1 and phi2 get the same scale.
 BLIND_POSITION_SCALE_DEG = 1.0
+#: Positional scales (deg) of the orientation scan of a blind region without a frame: a
+#: matched filter for a thin stream (phi2) running along the frame (phi1). A stream tilted by
+#: more than ~atan(phi2 / phi1) from a frame's equator loses its density advantage in it.
+BLIND_SCAN_SCALES = {"phi1": 2.5, "phi2": 0.5}
+#: Most frames of an orientation scan.
+MAX_ORIENTATIONS = 36
+
+
+def default_orientations(phi1_scale: float = BLIND_SCAN_SCALES["phi1"],
+                         phi2_scale: float = BLIND_SCAN_SCALES["phi2"]) -> int:
+    """Frames that cover every direction through a region's centre: neighbouring
+    orientations are 2 atan(phi2 / phi1) apart, so a stream is never more than one tolerance
+    (11.3 deg for the default scales, 8 frames) off the nearest frame."""
+    step = 2.0 * math.degrees(math.atan(phi2_scale / phi1_scale))
+    return max(1, math.ceil(180.0 / step))
+
+
+def validate_orientations(value) -> int | None:
+    """``orientations`` (frames of a blind region's scan) or ValueError naming the limits."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= \
+            MAX_ORIENTATIONS:
+        raise ValueError(f"orientations must be an integer in [1, {MAX_ORIENTATIONS}], "
+                         f"got {value!r}")
+    return value
 #: Tilts (deg) of the registry track searched by a named-stream job: the registry frame and
 #: four frames whose poles are 4 and 8 deg off it (a thin stream tolerates ~2 deg).
 DEFAULT_FRAME_TILTS = (0.0, -4.0, 4.0, -8.0, 8.0)
@@ -102,6 +129,11 @@ class RecoverParams:
         A named stream is searched relative to its registry track and to that track tilted
         by these angles (deg; 0 included): a registry frame off by a few degrees still finds
         the stream. Every frame is paid for in the look-elsewhere correction.
+    orientations : int, optional
+        A blind region without a frame is searched in this many great-circle frames through
+        its centre, 180/n deg apart, with the scan scales :data:`BLIND_SCAN_SCALES` (default
+        :func:`default_orientations`: 8); 1 searches one isotropic frame. Each frame is paid
+        for in the look-elsewhere correction. Not for named streams or framed regions.
     seed : int
         Seed of the synthetic catalogue and of the null calibration.
     write_ecsv : bool
@@ -134,19 +166,34 @@ class RecoverParams:
     frame_tilts: tuple = DEFAULT_FRAME_TILTS
     member_probability: float = DEFAULT_MEMBER_PROBABILITY
     photometry: object = None
+    orientations: int | None = None
 
     def __post_init__(self) -> None:
         if (self.stream_key is None) == (self.region is None):
             raise ValueError("give exactly one of streamKey (a registry stream) and region "
                              f"(a blind search); got streamKey={self.stream_key!r}, "
                              f"region={self.region!r}")
+        self.orientations = validate_orientations(self.orientations)
+        self.frame_angles = (0.0,)  # orientations of the scan (deg), blind regions only
         if self.region is not None:
             reg = parse_region(self.region)
             self.stream = RegionTarget(reg, oriented="frame" in self.region)
-            if self.scales is None and not self.stream.oriented:
-                self.scales = FeatureScales(phi1=BLIND_POSITION_SCALE_DEG,
-                                            phi2=BLIND_POSITION_SCALE_DEG)
+            if self.stream.oriented and self.orientations is not None:
+                raise ValueError("orientations applies to a region without a frame (a frame "
+                                 "fixes the direction); drop one of them")
+            if not self.stream.oriented:
+                n = self.orientations or default_orientations()
+                if n == 1:
+                    scan = {"phi1": BLIND_POSITION_SCALE_DEG, "phi2": BLIND_POSITION_SCALE_DEG}
+                else:
+                    scan = BLIND_SCAN_SCALES
+                    self.frame_angles = tuple(180.0 * i / n for i in range(n))
+                if self.scales is None:
+                    self.scales = FeatureScales(**scan)
         else:
+            if self.orientations is not None:
+                raise ValueError("orientations applies to blind regions (--region); a named "
+                                 "stream is searched along its registry track")
             self.stream = get_stream(self.stream_key)
             if self.scales is None:
                 self.scales = self.stream.feature_scales()

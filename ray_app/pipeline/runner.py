@@ -16,7 +16,13 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
-from ..core.features import FEATURE_NAMES, feature_matrix, finite_rows, stream_features
+from ..core.features import (
+    FEATURE_NAMES,
+    FeatureScales,
+    feature_matrix,
+    finite_rows,
+    stream_features,
+)
 from ..core.knn import validate_k
 from ..core.membership import membership_probabilities
 from ..core.persistence import merge_forests
@@ -30,7 +36,7 @@ from ..core.recovery import (
     summarize_members,
 )
 from ..core.significance import expected_false_candidates
-from ..core.tracks import relative_features
+from ..core.tracks import relative_features, track_polyline
 from ..data.catalogue import (
     CatalogueError,
     columns_from_table,
@@ -192,21 +198,45 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                              clean["pmdec"], clean["parallax"], params.scales)
     phi1, phi2, pm1, pm2 = (raw[n] for n in FEATURE_NAMES[:4])
     # a named stream is searched relative to its registry track, in a few frames tilted
-    # about it (the registry can be off); blind regions in their raw frame
+    # about it (the registry can be off); a blind region without a frame in great-circle
+    # frames of several orientations through its centre; a framed region in its frame
     track = getattr(params.stream, "detection_track", None)
-    tilts = params.frame_tilts if track is not None else (0.0,)
+    if track is not None:
+        plan = [(tilt, 0.0, params.stream.frame, raw, track.tilted(tilt))
+                for tilt in params.frame_tilts]
+    else:
+        plan = []
+        for angle in params.frame_angles:
+            frame = params.stream.frame.rotated(angle)
+            feats = raw if angle == 0 else stream_features(
+                frame, clean["ra"], clean["dec"], clean["pmra"], clean["pmdec"],
+                clean["parallax"], params.scales)[0]
+            plan.append((0.0, angle, frame, feats, None))
+    tilts = [tilt for tilt, *_ in plan]
+    scanning = track is None and len(plan) > 1
+    # every frame the job may search is paid for in the look-elsewhere correction, the
+    # refinements of an orientation scan included (whether or not they are needed)
+    n_frames = len(plan) + (REFINE_FRAMES if scanning else 0)
     done("features")
 
+    def frame_progress(i):
+        return lambda frac: progress(STAGES["features"] + int(
+            (STAGES["density"] - STAGES["features"]) * min(i + frac, n_frames) / n_frames),
+            "density")
+
     searches = []
-    for i, tilt in enumerate(tilts):
-        searches.append(_search(params, engine, raw, sid,
-                                track.tilted(tilt) if track is not None else None, tilt,
-                                len(tilts), timings,
-                                lambda frac, i=i: progress(
-                                    STAGES["features"] + int((STAGES["density"] - STAGES[
-                                        "features"]) * (i + frac) / len(tilts)), "density")))
+    for i, (tilt, angle, frame, feats, trk) in enumerate(plan):
+        searches.append(_search(params, engine, feats, sid, trk, tilt, n_frames, timings,
+                                frame_progress(i), angle=angle, frame=frame))
+    if scanning:  # zoom: a frame along each promising structure, with a long phi1 scale
+        for j, frame in enumerate(refine_frames(searches, clean, n_frames)):
+            feats = stream_features(frame, clean["ra"], clean["dec"], clean["pmra"],
+                                    clean["pmdec"], clean["parallax"], REFINE_SCALES)[0]
+            searches.append(_search(params, engine, feats, sid, None, 0.0, n_frames, timings,
+                                    frame_progress(len(plan) + j), angle=None, frame=frame,
+                                    scales=REFINE_SCALES))
     t = time.perf_counter()  # the searches timed their own stages
-    primary = searches[tilts.index(0.0)]
+    primary = searches[0]
     f, pers, cres, sharded, null = (primary.log_density, primary.pers, primary.cres,
                                     primary.sharded, primary.cres.null)
     progress(STAGES["merge"], "merge")
@@ -216,15 +246,28 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     phot = photometry_columns(clean, params.photometry, origin=str(params.input_path or
                                                                    provenance["kind"]))
     errors = feature_errors(clean)
+    # each candidate is characterised in its own frame: the frame it was found in, or for a
+    # scan, a great circle fitted to its core (a scan frame may be ~10 deg off the stream)
+    own = [_own_frame(searches[which], c, clean, scanning) for which, c in merged]
     memberships = [membership_probabilities(
-        raw, membership_seed(searches[which].pers, searches[which].log_density, c), errors,
-        None if phot is None else phot[:2], base_track=searches[which].track)
-        for which, c in merged]
+        frame_raw, membership_seed(searches[which].pers, searches[which].log_density, c),
+        errors, None if phot is None else phot[:2], base_track=searches[which].track)
+        for (which, c), (_, frame_raw) in zip(merged, own, strict=True)]
     prob, labels = member_labels(len(sid), memberships, params.member_probability)
+    if scanning and merged:
+        # a scan shows (figure, stars.parquet) the diagram of the frame that found the most
+        # significant candidate and the sky in that candidate's own frame
+        primary = searches[merged[0][0]]
+        f, pers, cres, sharded = (primary.log_density, primary.pers, primary.cres,
+                                  primary.sharded)
+        display_frame, shown = own[0]
+        phi1, phi2, pm1, pm2 = (shown[n] for n in FEATURE_NAMES[:4])
+    else:
+        display_frame = primary.frame
     done("candidates")
 
     cand_json = []
-    for (which, c), m in zip(merged, memberships, strict=True):
+    for (which, c), m, (own_frame, own_raw) in zip(merged, memberships, own, strict=True):
         members = np.flatnonzero(m.probability >= params.member_probability)
         summ = summarize_members(raw, members if len(members) else c.members)
         cand_json.append({
@@ -233,8 +276,11 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
             "peak_source_id": int(sid[c.peak]), "saddle_source_id": int(sid[c.saddle]),
             "essential": c.essential, "n_members": int(len(members)),
             "n_core": int(len(c.members)),
-            **describe_track(params.stream.frame, m, raw["phi1"][members]),
-            "frame": {"track_tilt_deg": searches[which].tilt},
+            **describe_track(own_frame, m, own_raw["phi1"][members]),
+            "frame": {"track_tilt_deg": searches[which].tilt,
+                      "orientation_deg": searches[which].angle,
+                      "pole": [round(v, 5) for v in searches[which].frame.pole],
+                      "membership_pole": [round(v, 5) for v in own_frame.pole]},
             "centroid": {k: v["centroid"] for k, v in summ.items()},
             "spread": {k: v["spread"] for k, v in summ.items()},
         })
@@ -248,7 +294,15 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                        "feature_scales": params.scales.to_dict(),
                        "features_relative_to_track": track.to_dict() if track else None,
                        "frame_tilts_deg": list(tilts),
-                       "features": list(FEATURE_NAMES)},
+                       "frame_orientations_deg": [x.angle for x in searches],
+                       "features": list(FEATURE_NAMES),
+                       "stars_frame": {"name": display_frame.name,
+                                       "pole": list(display_frame.pole),
+                                       "note": "frame of phi1, phi2 and the proper motions in "
+                                               "stars.parquet and summary.png"},
+                       **({"refinement": {"frames": REFINE_FRAMES, "sigma": REFINE_SIGMA,
+                                          "scales": REFINE_SCALES.to_dict()}}
+                          if scanning else {})},
         "counts": {"input_rows": n_input, "dropped_nan": n_input - n_clean, "stars": n_clean,
                    "finite_pairs": int(len(pers.peak)),
                    "essential_classes": int(len(pers.essential)),
@@ -262,7 +316,8 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                 params.sigma_threshold),
             "n_tests": cres.n_tests, "frames_searched": len(searches),
             "max_sigma": max(x.max_sigma for x in searches),
-            "frames": [{"track_tilt_deg": x.tilt, "candidates": len(x.cres.candidates),
+            "frames": [{"track_tilt_deg": x.tilt, "orientation_deg": x.angle,
+                        "pole": list(x.frame.pole), "candidates": len(x.cres.candidates),
                         "max_sigma": x.max_sigma} for x in searches],
             **null.to_dict()},
         "membership": {
@@ -339,12 +394,15 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
         summary_plot(tmp / "summary.png", births=f[pers.peak], deaths=f[pers.saddle],
                      pair_sigma=cres.pair_sigma, sigma_threshold=params.sigma_threshold,
                      candidates=cand_json, phi1=phi1, phi2=phi2, pm1=pm1, pm2=pm2,
-                     probability=prob, label=labels, tracks=[m.track for m in memberships],
+                     probability=prob, label=labels,
+                     tracks=[m.track if fr is display_frame
+                             else track_polyline(m.track, fr, display_frame)
+                             for (fr, _), m in zip(own, memberships, strict=True)],
                      member_threshold=params.member_probability, title=title,
                      photometry=phot)
-        for c, m in zip(cand_json, memberships, strict=True):
+        for c, m, (_, feats) in zip(cand_json, memberships, own, strict=True):
             candidate_plot(tmp / f"candidate_{c['index']}.png", index=c["index"],
-                           significance=c["significance"], phi1=phi1, features=raw,
+                           significance=c["significance"], phi1=feats["phi1"], features=feats,
                            probability=m.probability,
                            member_threshold=params.member_probability, track=m.track,
                            title=params.stream.name)
@@ -418,6 +476,9 @@ def describe_track(frame, m, member_phi1) -> dict:
                                          np.array([q["pm_phi1_cosphi2"] for q in pts]),
                                          np.array([q["pm_phi2"] for q in pts]))
     length = float(np.ptp(member_phi1)) if len(member_phi1) else 0.0
+    for q, a, d, mu_a, mu_d in zip(pts, ra, dec, pmra, pmdec, strict=True):  # ICRS beside frame
+        q.update(ra=round(float(a), 5), dec=round(float(d), 5), pmra=round(float(mu_a), 4),
+                 pmdec=round(float(mu_d), 4))
     return {"track": pts, "length_deg": round(length, 3),
             "width_deg": round(m.widths.get("phi2", float("nan")), 4),
             "match": match_track(ra, dec, pmra, pmdec)}
@@ -425,7 +486,8 @@ def describe_track(frame, m, member_phi1) -> dict:
 
 @dataclass
 class _Search:
-    """One search of the job's stars in one frame (a tilt of the detection track)."""
+    """One search of the job's stars in one frame (a tilt of the detection track, or an
+    orientation of a blind region's scan)."""
 
     tilt: float
     track: object
@@ -433,6 +495,9 @@ class _Search:
     sharded: object
     pers: object
     cres: object
+    raw: dict = None  # the frame's features (phi1, phi2, proper motions, parallax)
+    angle: float | None = 0.0  # orientation of a scan frame (deg); None: refinement
+    frame: object = None
 
     @property
     def log_density(self) -> np.ndarray:
@@ -445,10 +510,74 @@ class _Search:
         return float(sig.max()) if len(sig) else 0.0
 
 
+#: An orientation scan (a blind region without a frame) is followed by up to this many
+#: refinement frames: a great circle fitted to each of the scan's most significant
+#: structures, searched with the long scales of a stream frame (REFINE_SCALES). The scan finds
+#: where and roughly which way; the refinement measures the structure as a stream search
+#: would. The look-elsewhere correction always counts all of them.
+REFINE_FRAMES = 3
+#: A scan structure at least this significant (per job, every frame counted) gets a
+#: refinement frame.
+REFINE_SIGMA = 2.5
+#: Scales of the refinement frames: those of a framed region (a thin stream along phi1).
+REFINE_SCALES = FeatureScales()
+
+
+def _fitted_frame(clean: dict, members, name: str):
+    """A great circle through ``members`` (least squares), phi1 = 0 at their median position;
+    None when they define no direction."""
+    from ..core.frames import StreamFrame, fit_great_circle_pole
+
+    if len(members) < 5:
+        return None
+    ra, dec = clean["ra"][members], clean["dec"][members]
+    try:
+        pole = fit_great_circle_pole(ra, dec)
+        return StreamFrame.from_pole(*pole, float(np.median(ra)), float(np.median(dec)),
+                                     name=name)
+    except ValueError:  # a degenerate fit
+        return None
+
+
+def _own_frame(search, cand, clean: dict, scanning: bool):
+    """(frame, raw features) in which a candidate's members are modelled."""
+    if scanning and search.angle is not None:  # found by a scan frame: along its own core
+        frame = _fitted_frame(clean, cand.members, "candidate frame")
+        if frame is not None:
+            raw = stream_features(frame, clean["ra"], clean["dec"], clean["pmra"],
+                                  clean["pmdec"], clean["parallax"], REFINE_SCALES)[0]
+            return frame, raw
+    return search.frame, search.raw
+
+
+def refine_frames(searches: list, clean: dict, n_frames: int) -> list:
+    """Frames along the most significant structures of an orientation scan: a great circle
+    fitted to each structure's core stars (at most :data:`REFINE_FRAMES`, structures sharing
+    half their stars counted once), origin at the core's median position."""
+    seeds = []
+    for s in searches:
+        found = candidates(s.pers, s.log_density, REFINE_SIGMA, s.cres.null,
+                           max_candidates=REFINE_FRAMES, n_searches=n_frames)
+        seeds += [(c.significance, c.members) for c in found.candidates]
+    seeds.sort(key=lambda x: -x[0])
+    kept = []
+    for _sig, mem in seeds:
+        if len(mem) < 5 or any(len(np.intersect1d(mem, k)) > 0.5 * min(len(mem), len(k))
+                               for k in kept):
+            continue
+        kept.append(mem)
+        if len(kept) == REFINE_FRAMES:
+            break
+    frames = [_fitted_frame(clean, mem, "refined frame") for mem in kept]
+    return [f for f in frames if f is not None]
+
+
 def _search(params: RecoverParams, engine, raw: dict, sid, track, tilt: float,
-            n_searches: int, timings: dict, progress) -> _Search:
+            n_searches: int, timings: dict, progress, angle: float | None = 0.0,
+            frame=None, scales: FeatureScales | None = None) -> _Search:
     """Density, exact merge, null and candidates of the stars in one frame."""
-    X = feature_matrix(relative_features(raw, track), params.scales)
+    scales = scales or params.scales
+    X = feature_matrix(relative_features(raw, track), scales)
     t0 = time.perf_counter()
     sharded = engine.density_and_forests(
         X, sid, params.n_neighbors, shards=params.shards,
@@ -457,10 +586,11 @@ def _search(params: RecoverParams, engine, raw: dict, sid, track, tilt: float,
     pers = merge_forests(sharded.log_density, sid, sharded.forests)
     t2 = time.perf_counter()
     null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
-                          shuffle_cell=null_shuffle_cell(params.scales))
+                          shuffle_cell=null_shuffle_cell(scales))
     cres = candidates(pers, sharded.log_density, params.sigma_threshold, null,
                       n_searches=n_searches)
     t3 = time.perf_counter()
     for stage, dt in (("density", t1 - t0), ("merge", t2 - t1), ("calibration", t3 - t2)):
         timings[stage] = timings.get(stage, 0.0) + dt
-    return _Search(tilt, track, X, sharded, pers, cres)
+    return _Search(tilt, track, X, sharded, pers, cres, raw=raw, angle=angle,
+                   frame=frame if frame is not None else params.stream.frame)

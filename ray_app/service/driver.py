@@ -290,7 +290,7 @@ class Driver:
                              out_dir=str(out), seed=spec.seed, n_background=spec.n_background,
                              n_stream=spec.n_stream, shards=spec.shards, columns=spec.columns,
                              member_probability=spec.member_probability,
-                             photometry=spec.photometry)
+                             photometry=spec.photometry, orientations=spec.orientations)
 
     # ------------------------------------------------------------------ housekeeping
     def _drain(self) -> None:

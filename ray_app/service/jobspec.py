@@ -20,7 +20,12 @@ from ..data.catalogue import parse_columns_map, parse_photometry
 from ..data.regions import parse_region
 from ..data.registry import get_stream
 from ..io.ids import JOB_ID_PATTERN, InvalidJob, validate_job_id
-from ..pipeline.params import DEFAULT_N_NEIGHBORS, MAX_SHARDS
+from ..pipeline.params import (
+    DEFAULT_N_NEIGHBORS,
+    MAX_ORIENTATIONS,
+    MAX_SHARDS,
+    validate_orientations,
+)
 
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -45,6 +50,10 @@ FIELDS = {
     "nStream": "optional integer >= 0 (synthetic stream size)",
     "memberProbability": "optional number in (0, 1], default 0.5: members are the stars at "
                          "least this likely to belong to the candidate's stream",
+    "orientations": f"optional integer in [1, {MAX_ORIENTATIONS}]: frames of a blind region's "
+                    "orientation scan (regions without a frame; default 8)",
+    "surveyId": "optional string, at most 128 characters: the survey campaign a patch job "
+                "belongs to",
     "photometry": "optional {\"magnitude\": column, \"colour\": column or \"A-B\"} or "
                   "\"none\"; default phot_g_mean_mag and bp_rp when the table has them",
 }
@@ -69,6 +78,8 @@ class JobSpec:
     member_probability: float = DEFAULT_MEMBER_PROBABILITY
     photometry: dict | None = None
     cache: str | None = None
+    orientations: int | None = None
+    survey_id: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_message(self) -> dict:
@@ -92,6 +103,10 @@ class JobSpec:
             msg["photometry"] = "none" if self.photometry.get("off") else self.photometry
         if self.cache is not None:
             msg["cache"] = self.cache
+        if self.orientations is not None:
+            msg["orientations"] = self.orientations
+        if self.survey_id is not None:
+            msg["surveyId"] = self.survey_id
         return msg
 
 
@@ -158,7 +173,18 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
                                          or len(submitted_by) > 256):
             raise ValueError(f"submittedBy must be a string of at most 256 characters, "
                              f"got {submitted_by!r}")
+        survey_id = msg.get("surveyId")
+        if survey_id is not None and (not isinstance(survey_id, str) or not 1 <= len(
+                survey_id) <= 128):
+            raise ValueError(f"surveyId must be a string of 1-128 characters, got "
+                             f"{survey_id!r}")
+        orientations = validate_orientations(msg.get("orientations"))
+        if orientations is not None and (region is None or "frame" in region):
+            raise ValueError("orientations applies to a region without a frame (a blind "
+                             f"scan), got orientations={orientations!r} with "
+                             + ("streamKey" if region is None else "region.frame"))
         return JobSpec(
+            orientations=orientations, survey_id=survey_id,
             job_id=job_id, stream_key=key, region=region, n_neighbors=k, sigma_threshold=sigma,
             source=source, shards=_int_field(msg, "shards", 1, MAX_SHARDS, None),
             priority=_int_field(msg, "priority", 0, 9, 0), submitted_by=submitted_by,
