@@ -407,16 +407,27 @@ def cmd_survey(args) -> int:
                  f"(level {params.patch_level}, overlap {params.overlap_deg:g} deg); each "
                  f"patch's job at sigma >= {params.job_threshold:.2f} = survey sigma >= "
                  f"{params.sigma_threshold:g}")
-    engine = default_engine(args.engine, **({"num_cpus": args.num_cpus,
-                                             "max_actors": args.max_actors,
-                                             "log_to_driver": False}
-                                            if args.engine == "ray" else {}))
+    engine = default_engine("in-process" if args.via == "queue" else args.engine,
+                            **({"num_cpus": args.num_cpus, "max_actors": args.max_actors,
+                                "log_to_driver": False}
+                               if args.engine == "ray" and args.via == "pool" else {}))
+    service = None
+    if args.via == "queue":  # the queue's drivers run the patches: no engine here
+        from .service import service_from_env
+
+        service = service_from_env(args.queue_url, args.table, args.bucket)
+        engine.close()
+        engine = None
+        printer.note(f"submitting the patches to the {service.mode} job queue; waiting for "
+                     "its drivers (`ray-app consume`, jobs/consume.py) to run them")
     try:
-        state = run_survey(params, engine, progress=lambda done, total, pid: printer(
-            int(100 * done / total), f"patches {done}/{total}"))
+        state = run_survey(params, engine, service=service,
+                           progress=lambda done, total, pid: printer(
+                               int(100 * done / total), f"patches {done}/{total}"))
     finally:
         printer.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
     t = state["totals"]
     print(f"survey {params.out}: {t['done']} patches searched ({t['resumed']} from an earlier "
           f"run), {t['empty']} empty, {t['failed']} failed; {t['candidates']} survey "
@@ -591,13 +602,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPUs for the local Ray instance, >= 1 (default: all)")
     sv.add_argument("--max-actors", type=int, default=None,
                     help="density actors in the pool (default: one per GPU, else 1)")
-    sv.set_defaults(func=cmd_survey)
 
     def aws_flags(p):
         p.add_argument("--queue-url", help="SQS queue URL (default $QUEUE_URL)")
         p.add_argument("--table", help="DynamoDB table (default $TABLE_NAME; unset: local "
                                        "SQLite store under $RAY_APP_HOME)")
         p.add_argument("--bucket", help="S3 bucket (default $BUCKET_NAME)")
+
+    sv.add_argument("--via", choices=("pool", "queue"), default="pool",
+                    help="pool: search the patches here on the shared density pool; queue: "
+                         "submit each patch as a job (surveyId set) for the queue's drivers, "
+                         "wait, and merge their outputs")
+    aws_flags(sv)
+    sv.set_defaults(func=cmd_survey)
 
     sb = sub.add_parser("submit", help="queue a job (status PENDING + SQS message); prints "
                                        "its jobId")

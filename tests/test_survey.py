@@ -189,3 +189,41 @@ def test_hats_source_reads_only_the_partitions_a_patch_needs_and_failures_are_re
         assert rec["status"] == "failed" and rec["attempts"] == 2 and rec["error"]
     assert any(r["status"] == "done" for r in survey["patches"].values())
     assert (out / "manifest.json").exists() and (out / "map.png").exists()
+
+
+def test_a_survey_through_the_job_queue_equals_the_pool_run(gd1_survey, tmp_path):
+    """--via queue: each patch is a job message with surveyId, run by a real driver of the
+    local mode's queue; the merged result equals the survey run on the pool."""
+    import threading
+
+    from ray_app.service import service_from_env
+    from ray_app.service.driver import Driver, DriverConfig
+
+    out_pool, _, _ = gd1_survey
+    svc = service_from_env()
+    assert svc.mode == "local"
+    driver = Driver(svc.queue, svc.status, svc.results, InProcessEngine("cpu"),
+                    DriverConfig(capacity=2, wait_s=1, visibility_s=30, heartbeat_s=2,
+                                 lease_s=30, sweep_s=5))
+    t = threading.Thread(target=driver.run)
+    t.start()
+    try:
+        params = SurveyParams(out=str(tmp_path / "q"), region=GD1_AREA, inject=("gd-1",),
+                              **FAST)
+        state = run_survey(params, None, service=svc, poll_s=0.3)
+    finally:
+        driver.stop()
+        t.join(120)
+    assert state["via"]["mode"] == "queue" and state["totals"]["failed"] == 0
+    sid = state["via"]["survey_id"]
+    for p in params.patches:
+        rec = svc.status.get(f"{sid}-{p.id}")
+        assert rec["status"] == "COMPLETED" and rec["params"]["surveyId"] == sid
+    key = lambda c: (c["match_key"], c["n_members"], round(c["significance"], 6))  # noqa: E731
+    assert [key(c) for c in pq.read_table(tmp_path / "q" / "candidates.parquet").to_pylist()] \
+        == [key(c) for c in pq.read_table(out_pool / "candidates.parquet").to_pylist()]
+    # submitting again (a re-run) finds every patch done: nothing is queued twice
+    again = run_survey(SurveyParams(out=str(tmp_path / "q"), region=GD1_AREA,
+                                    inject=("gd-1",), **FAST), None, service=svc)
+    assert again["totals"]["resumed"] == len(params.patches)
+    assert svc.queue.receive(10, wait_s=1) == []

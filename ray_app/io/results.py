@@ -16,6 +16,16 @@ from .ids import validate_job_id
 MANIFEST = "manifest.json"
 
 
+def _input_name(name: str) -> str:
+    """``survey/patch.parquet``-like names only: no way out of the inputs area."""
+    parts = name.split("/")
+    if not parts or any(not part or part in (".", "..") or not all(
+            ch.isalnum() or ch in "-_." for ch in part) for part in parts):
+        raise ValueError(f"input name must be /-separated parts of [A-Za-z0-9._-], got "
+                         f"{name!r}")
+    return name
+
+
 def _ordered(local_dir: Path) -> list[Path]:
     files = sorted(p for p in Path(local_dir).iterdir() if p.is_file())
     if not any(p.name == MANIFEST for p in files):
@@ -41,6 +51,13 @@ class LocalResultStore:
         dest.mkdir(parents=True, exist_ok=True)
         for p in _ordered(Path(local_dir)):
             shutil.copyfile(p, dest / p.name)
+        return str(dest)
+
+    def put_input(self, name: str, local_file: str | Path) -> str:
+        """Store an input catalogue for jobs to read (``<root>/inputs/<name>``); its path."""
+        dest = self.root / "inputs" / _input_name(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local_file, dest)
         return str(dest)
 
     def manifest(self, job_id: str) -> dict | None:
@@ -84,6 +101,13 @@ class S3ResultStore:
             with open(p, "rb") as fh:
                 self.s3.put_object(Bucket=self.bucket, Key=prefix + p.name, Body=fh)
         return self.uri(job_id)
+
+    def put_input(self, name: str, local_file: str | Path) -> str:
+        """Upload an input catalogue for jobs to read (``inputs/<name>``); its s3:// URI."""
+        key = f"inputs/{_input_name(name)}"
+        with open(local_file, "rb") as fh:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=fh)
+        return f"s3://{self.bucket}/{key}"
 
     def manifest(self, job_id: str) -> dict | None:
         from botocore.exceptions import ClientError

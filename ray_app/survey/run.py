@@ -113,8 +113,7 @@ class SurveyParams:
         self.job_threshold = job_sigma_for(self.sigma_threshold, len(self.patches))
         # the first patch's parameters are checked now (k, threshold, orientations...), so a
         # bad value is refused before anything is written
-        self.recover_params(self.patches[0], None, str(Path(tempfile.gettempdir())
-                                                       / "ray-app-survey-check-never-made"))
+        self.recover_params(self.patches[0], None, str(tmp_dir_never()))
 
     @property
     def area_deg2(self) -> float:
@@ -229,10 +228,14 @@ def _prepare_out(params: SurveyParams) -> tuple[Path, dict | None]:
     return out, None
 
 
-def run_survey(params: SurveyParams, engine, progress=None) -> dict:
-    """Search every patch (``params.concurrency`` at a time on ``engine``), merge, write.
+def run_survey(params: SurveyParams, engine, progress=None, service=None,
+               poll_s: float = 2.0) -> dict:
+    """Search every patch, merge, write.
 
-    ``progress(done, total, patch_id)`` is called after each patch.
+    With ``service`` (``--via queue``) each patch is a job message (``surveyId`` set) that
+    the queue's drivers run like any job; otherwise ``params.concurrency`` patches at a time
+    run here on ``engine`` (the shared density pool). ``progress(done, total, patch_id)`` is
+    called after each patch.
     """
     from ..engine.metrics import survey_metrics
 
@@ -263,8 +266,13 @@ def run_survey(params: SurveyParams, engine, progress=None) -> dict:
         return rec
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=params.concurrency) as pool:
-        list(pool.map(one, params.patches))
+    if service is None:
+        with ThreadPoolExecutor(max_workers=params.concurrency) as pool:
+            list(pool.map(one, params.patches))
+    else:
+        state["via"] = {"mode": "queue", "service": service.mode,
+                        "survey_id": survey_id(params)}
+        _via_queue(params, service, out, state, lock, metrics, progress, poll_s)
     search_s = time.perf_counter() - t0
     shutil.rmtree(out / "patches" / ".inputs", ignore_errors=True)
     candidates, members = merge_patches(params, out, state)
@@ -288,6 +296,94 @@ def run_survey(params: SurveyParams, engine, progress=None) -> dict:
                     "engine": getattr(engine, "name", str(engine))})
     _write_final(params, out, state, candidates, members)
     return state
+
+
+# ---------------------------------------------------------------- through the job queue
+def survey_id(params: SurveyParams) -> str:
+    """The campaign's id, from its plan: the same survey always gets the same id."""
+    return f"survey-{params.digest()}"
+
+
+def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metrics,
+               progress, poll_s: float) -> None:
+    """Submit one region job per unfinished patch (idempotent: a patch whose job already
+    exists is not submitted again), wait for each to end, fetch its outputs."""
+    from ..io.status import COMPLETED, FAILED
+    from ..service import submit
+
+    sid = survey_id(params)
+    waiting = {}
+    for patch in params.patches:
+        pdir = out / "patches" / patch.id
+        if (pdir / "manifest.json").exists():
+            state["patches"][patch.id] = {**patch.to_dict(), "status": "done",
+                                          "resumed": True}
+            continue
+        job_id = f"{sid}-{patch.id}"
+        if service.status.get(job_id) is None:  # not yet submitted (or a fresh store)
+            src = params.source
+            origin = {"kind": params.source}
+            if params.source not in GAIA_SOURCES:
+                tmp = out / "patches" / ".inputs"
+                tmp.mkdir(parents=True, exist_ok=True)
+                local, origin = patch_catalogue(params, patch, tmp / f"{patch.id}.parquet")
+                src = service.results.put_input(f"{sid}/{patch.id}.parquet", local) \
+                    if local != params.source else params.source
+            rp = params.recover_params(patch, None, str(tmp_dir_never()))
+            message = {"jobId": job_id, "region": patch.region(), "source": src,
+                       "nNeighbors": rp.n_neighbors, "sigmaThreshold": rp.sigma_threshold,
+                       "seed": params.seed, "surveyId": sid,
+                       "memberProbability": params.member_probability}
+            if params.orientations is not None:
+                message["orientations"] = params.orientations
+            if params.columns and params.source not in GAIA_SOURCES \
+                    and params.source != "synthetic" and not Path(params.source).is_dir():
+                message["columns"] = params.columns
+            submit(service, message)
+            state["patches"][patch.id] = {**patch.to_dict(), "status": "queued",
+                                          "job_id": job_id, "data": origin}
+        else:
+            state["patches"][patch.id] = {**patch.to_dict(), "status": "queued",
+                                          "job_id": job_id}
+        waiting[patch.id] = (patch, job_id, time.perf_counter())
+    outputs.write_json(out / "survey.json", state)
+    done = sum(r["status"] != "queued" for r in state["patches"].values())
+    while waiting:
+        for pid, (_patch, job_id, t0) in list(waiting.items()):
+            rec = service.status.get(job_id) or {}
+            if rec.get("status") not in (COMPLETED, FAILED):
+                continue
+            entry = state["patches"][pid]
+            if rec["status"] == COMPLETED:
+                staging = out / "patches" / f".{pid}.download"
+                shutil.rmtree(staging, ignore_errors=True)
+                service.results.download(job_id, staging, prefix=rec.get("resultPrefix"))
+                os.replace(staging, out / "patches" / pid)
+                meta = json.loads((out / "patches" / pid / "metadata.json").read_text())
+                entry.update(status="done", attempts=rec.get("attempts"),
+                             seconds=round(time.perf_counter() - t0, 3),
+                             stars=meta["counts"]["stars"],
+                             candidates=meta["counts"]["candidates"], error=None)
+            else:
+                err = rec.get("error", "")
+                empty = "needs at least" in err or "lies inside the region" in err
+                entry.update(status="empty" if empty else "failed",
+                             attempts=rec.get("attempts"), error=err)
+            del waiting[pid]
+            done += 1
+            with lock:
+                outputs.write_json(out / "survey.json", state)
+            if metrics:
+                metrics.patches_done.inc(tags={"status": entry["status"]})
+            if progress:
+                progress(done, len(params.patches), pid)
+        if waiting:
+            time.sleep(poll_s)
+
+
+def tmp_dir_never() -> Path:
+    """A folder name for a parameter check that never writes (RecoverParams needs one)."""
+    return Path(tempfile.gettempdir()) / "ray-app-survey-check-never-made"
 
 
 # ---------------------------------------------------------------- merge and outputs
