@@ -386,7 +386,7 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_survey(args) -> int:
-    from .survey.run import SurveyParams, run_survey
+    from .survey.run import SurveyParams, local_folder, run_survey
 
     _at_least_one("--num-cpus", args.num_cpus)
     _at_least_one("--max-actors", args.max_actors)
@@ -437,7 +437,7 @@ def cmd_survey(args) -> int:
               f"{', '.join(state['not_searched']['patches'])} (see survey.json)")
     import pyarrow.parquet as pq
 
-    for row in pq.read_table(Path(params.out) / "candidates.parquet").to_pylist()[:20]:
+    for row in pq.read_table(local_folder(params) / "candidates.parquet").to_pylist()[:20]:
         known = f"matches {row['match_name']} ({row['match_key']})" if row["match_key"] \
             else "no registry match (new?)"
         print(f"  #{row['id']}: sigma={row['significance']:.2f} members={row['n_members']} "

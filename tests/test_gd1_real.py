@@ -59,3 +59,21 @@ def test_blind_region_with_a_frame_finds_and_names_gd1(real_data, tmp_path):
     assert cands[0]["frame"]["track_tilt_deg"] == 0.0  # blind regions: one frame
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["parameters"]["features_relative_to_track"] is None
+
+
+def test_blind_region_without_a_frame_scans_orientations_and_names_gd1(real_data, tmp_path):
+    """No frame, no stream named: the orientation scan and its refinement find GD-1 in the
+    real field and name it (one isotropic frame tops out near sigma 3)."""
+    out = tmp_path / "scan"
+    region = '{"cone": {"center": [146.4, 33.2], "radius": 25}}'
+    assert main(["recover", "--region", region, "--input",
+                 str(real_data / "gd1_dr2_widefield.parquet"), "--out", str(out),
+                 "--engine", "in-process", "--no-ecsv"]) == 0
+    cands = json.loads((out / "candidates.json").read_text())
+    assert cands and cands[0]["match"]["key"] == "gd-1" and cands[0]["significance"] >= 5
+    assert cands[0]["length_deg"] > 30
+    meta = json.loads((out / "metadata.json").read_text())
+    frames = meta["significance"]["frames"]
+    assert [f["orientation_deg"] for f in frames[:8]] == [22.5 * i for i in range(8)]
+    assert meta["significance"]["frames_searched"] == len(frames) <= 11
+    assert meta["significance"]["n_tests"] % 11 == 0  # all 11 possible frames paid for

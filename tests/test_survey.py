@@ -227,3 +227,21 @@ def test_a_survey_through_the_job_queue_equals_the_pool_run(gd1_survey, tmp_path
                                     inject=("gd-1",), **FAST), None, service=svc)
     assert again["totals"]["resumed"] == len(params.patches)
     assert svc.queue.receive(10, wait_s=1) == []
+
+
+def test_a_survey_can_end_in_s3(aws, capsys):
+    """--out s3://bucket/prefix: computed in a staging folder under RAY_APP_HOME (a re-run
+    resumes there), then uploaded, patches included, manifest.json last."""
+    import boto3
+
+    uri = f"s3://{aws['bucket']}/surveys/tiny"
+    rc = main(["survey", "--region", '{"cone": {"center": [150, 35], "radius": 3}}',
+               "--inject", "gd-1", "--density-scale", "0.004", "--n-neighbors", "8",
+               "--out", uri, "--engine", "in-process"])
+    assert rc == 0, capsys.readouterr()
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=aws["bucket"], Prefix="surveys/tiny/")["Contents"]]
+    names = {k.split("/", 2)[2] for k in keys}
+    assert {"candidates.parquet", "members.parquet", "map.png", "survey.json",
+            "manifest.json"} <= names
+    assert any(n.startswith("patches/") and n.endswith("/manifest.json") for n in names)

@@ -6,8 +6,9 @@ patches searched: ``p_survey = 1 - (1 - p_job)^N``. Overlapping patches are not 
 so this is conservative.
 
 Candidates of different patches (or of one patch's frames) that describe the same structure
-are merged: they share stars (a patch's margin overlaps its neighbours), or their tracks run
-together on the sky with the same proper motion (a long stream seen in separate pieces).
+are merged: they share stars (a patch's margin overlaps its neighbours), their tracks run
+together on the sky with the same proper motion, or one continues the other along its great
+circle with the proper motions it predicts (a long stream seen in pieces with a gap).
 """
 
 from __future__ import annotations
@@ -74,6 +75,40 @@ def tracks_coincide(a: dict, b: dict) -> bool:
     return bool(np.nanmedian(dpm) <= CLOSE_PM)
 
 
+#: Two pieces of one stream with a gap between them: each lies on the other's great circle
+#: (within CONTINUE_DEG), the gap is at most MAX_GAP_DEG, and the proper motions of one,
+#: extrapolated linearly along that circle, predict the other's within CLOSE_PM.
+CONTINUE_DEG = 1.0
+MAX_GAP_DEG = 15.0
+
+
+def tracks_continue(a: dict, b: dict) -> bool:
+    """Whether track ``b`` continues track ``a`` (see :data:`CONTINUE_DEG`)."""
+    from .frames import StreamFrame, fit_great_circle_pole, icrs_to_frame
+
+    if len(a["ra"]) < 3 or len(b["ra"]) < 3:
+        return False
+    try:
+        pole = fit_great_circle_pole(a["ra"], a["dec"])
+        frame = StreamFrame.from_pole(*pole, float(np.median(a["ra"])),
+                                      float(np.median(a["dec"])))
+    except ValueError:
+        return False
+    pa1, pa2, ma1, ma2 = icrs_to_frame(frame, a["ra"], a["dec"], a["pmra"], a["pmdec"])
+    pb1, pb2, mb1, mb2 = icrs_to_frame(frame, b["ra"], b["dec"], b["pmra"], b["pmdec"])
+    if np.median(np.abs(pb2)) > CONTINUE_DEG or np.median(np.abs(pa2)) > CONTINUE_DEG:
+        return False
+    lo, hi = float(np.min(pa1)), float(np.max(pa1))
+    gap = np.maximum(np.maximum(lo - pb1, pb1 - hi), 0.0)
+    if gap.min() > MAX_GAP_DEG:
+        return False
+    for ma, mb in ((ma1, mb1), (ma2, mb2)):
+        fit = np.polyfit(pa1, ma, 1) if hi - lo >= 3.0 else [0.0, float(np.median(ma))]
+        if np.nanmedian(np.abs(mb - np.polyval(fit, pb1))) > CLOSE_PM:
+            return False
+    return True
+
+
 def merge_groups(members: list[np.ndarray], tracks: list[dict]) -> list[list[int]]:
     """Groups of candidate indices that describe one structure (union-find over pairs that
     share members or whose tracks coincide), each group sorted, groups by first index."""
@@ -93,9 +128,9 @@ def merge_groups(members: list[np.ndarray], tracks: list[dict]) -> list[list[int
                 continue
             small = min(len(sets[i]), len(sets[j]))
             shared = len(np.intersect1d(sets[i], sets[j], assume_unique=True))
-            if (small and shared >= SHARED_MEMBERS * small) or \
-                    tracks_coincide(tracks[i], tracks[j]) or tracks_coincide(tracks[j],
-                                                                             tracks[i]):
+            if (small and shared >= SHARED_MEMBERS * small) or any(
+                    test(tracks[x], tracks[y]) for test in (tracks_coincide, tracks_continue)
+                    for x, y in ((i, j), (j, i))):
                 parent[find(j)] = find(i)
     groups: dict[int, list[int]] = {}
     for i in range(n):

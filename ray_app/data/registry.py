@@ -383,7 +383,8 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
     For each registry stream, the mean angular distance from the candidate's points to its
     nearest track point is compared with max(:data:`MATCH_MIN_DEG`, :data:`MATCH_WIDTHS` x
     its width), and the median proper-motion difference at those points (where the registry
-    has proper motions) with :data:`MATCH_PM`; the closest stream that passes both is named.
+    has proper motions) with :data:`MATCH_PM`; the closest stream that passes both is named,
+    a stream whose proper motions were compared before one known only by its positions.
     At least half of the candidate's points must lie within that distance.
 
     Returns
@@ -420,6 +421,10 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
                                                                         3),
                 "pm_separation_mas_yr": None if pm_sep is None else round(pm_sep, 3),
                 "overlap_fraction": round(float(close.mean()), 3)}
-        if best is None or cand["separation_deg"] < best["separation_deg"]:
+        # a match confirmed in proper motion beats one that could only be checked on the sky
+        # (a registry stream without proper motions crossing the candidate's track)
+        rank = (cand["pm_separation_mas_yr"] is None, cand["separation_deg"])
+        if best is None or rank < (best["pm_separation_mas_yr"] is None,
+                                   best["separation_deg"]):
             best = cand
     return best

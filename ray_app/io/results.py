@@ -133,3 +133,28 @@ class S3ResultStore:
             (to / name).write_bytes(obj["Body"].read())
             out.append(to / name)
         return out
+
+
+def upload_folder(local_dir: str | Path, uri: str, client=None) -> list[str]:
+    """Copy a finished output folder (subfolders included) to ``s3://bucket/prefix/``,
+    ``manifest.json`` of the top folder last, so its presence means the copy is complete.
+    Returns the keys written."""
+    from . import aws
+
+    if not uri.startswith("s3://") or "/" not in uri[5:].strip("/") and not uri[5:].strip("/"):
+        raise ValueError(f"expected s3://bucket/prefix, got {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    prefix = prefix.strip("/")
+    s3 = client or aws.client("s3")
+    root = Path(local_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = [p for p in files if p != root / MANIFEST] + ([root / MANIFEST]
+                                                          if (root / MANIFEST).exists() else [])
+    keys = []
+    for p in files:
+        key = "/".join(x for x in (prefix, p.relative_to(root).as_posix()) if x)
+        with open(p, "rb") as fh:
+            s3.put_object(Bucket=bucket, Key=key, Body=fh)
+        keys.append(key)
+    return keys

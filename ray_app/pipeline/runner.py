@@ -523,14 +523,25 @@ REFINE_SIGMA = 2.5
 REFINE_SCALES = FeatureScales()
 
 
+#: A structure defines a direction to fit a great circle along only when it is at least this
+#: many times longer than wide on the sky (ratio of its two tangent-plane spreads).
+MIN_ELONGATION = 3.0
+
+
 def _fitted_frame(clean: dict, members, name: str):
     """A great circle through ``members`` (least squares), phi1 = 0 at their median position;
-    None when they define no direction."""
+    None when they define no direction (too few, or not elongated: a round clump's fitted
+    circle would point anywhere)."""
     from ..core.frames import StreamFrame, fit_great_circle_pole
 
     if len(members) < 5:
         return None
     ra, dec = clean["ra"][members], clean["dec"][members]
+    r, d = np.radians(ra), np.radians(dec)
+    v = np.stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+    w = np.linalg.eigvalsh(v @ v.T / v.shape[1])  # ascending: small spread, long spread, axis
+    if w[0] <= 0 or np.sqrt(w[1] / w[0]) < MIN_ELONGATION:
+        return None
     try:
         pole = fit_great_circle_pole(ra, dec)
         return StreamFrame.from_pole(*pole, float(np.median(ra)), float(np.median(dec)),

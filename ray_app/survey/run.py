@@ -100,7 +100,11 @@ class SurveyParams:
         elif self.inject:
             raise ValueError("--inject needs --source synthetic (streams are injected into "
                              "the synthetic sky)")
-        elif self.source not in GAIA_SOURCES and not is_uri(self.source) and \
+        if is_uri(self.out) and not self.out.startswith("s3://"):
+            raise ValueError(f"--out must be a local folder or s3://bucket/prefix, got "
+                             f"{self.out!r}")
+        if self.source != "synthetic" and self.source not in GAIA_SOURCES and \
+                not is_uri(self.source) and \
                 not Path(self.source).exists():
             raise ValueError(f"--source {self.source!r}: not 'synthetic', 'gaia-dr3', or an "
                              "existing Parquet file or HATS folder")
@@ -205,9 +209,20 @@ def run_patch(params: SurveyParams, patch: Patch, engine, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------- the campaign
+def local_folder(params: SurveyParams) -> Path:
+    """Where the survey is computed: ``--out`` itself, or for an ``s3://`` destination a
+    staging folder under ``$RAY_APP_HOME/surveys/<plan digest>`` (kept, so a re-run
+    resumes there; the finished survey is uploaded)."""
+    if is_uri(params.out):
+        from ..io.home import local_home
+
+        return local_home() / "surveys" / params.digest()
+    return Path(params.out).expanduser().resolve()
+
+
 def _prepare_out(params: SurveyParams) -> tuple[Path, dict | None]:
     """The survey folder: new or empty, or a previous run of the same survey (resume)."""
-    out = Path(params.out).expanduser().resolve()
+    out = local_folder(params)
     state = out / "survey.json"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the survey")
@@ -295,6 +310,10 @@ def run_survey(params: SurveyParams, engine, progress=None, service=None,
                     "stars_per_second": round(stars / search_s, 1) if stars else None,
                     "engine": getattr(engine, "name", str(engine))})
     _write_final(params, out, state, candidates, members)
+    if is_uri(params.out):  # the finished survey, patches included, manifest.json last
+        from ..io.results import upload_folder
+
+        state["uploaded"] = {"to": params.out, "files": len(upload_folder(out, params.out))}
     return state
 
 
