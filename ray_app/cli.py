@@ -197,7 +197,8 @@ def _service(args):
 #: ``submit`` flags (argparse dest) and the message fields they set, as given.
 _SUBMIT_FIELDS = (("input", "source"), ("shards", "shards"), ("submitted_by", "submittedBy"),
                   ("seed", "seed"), ("priority", "priority"), ("n_background", "nBackground"),
-                  ("n_stream", "nStream"), ("cache", "cache"))
+                  ("n_stream", "nStream"), ("cache", "cache"),
+                  ("orientations", "orientations"))
 
 
 def cmd_submit(args) -> int:
@@ -646,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="nStream: synthetic stream stars (default: 500)")
     sb.add_argument("--submitted-by", default=os.environ.get("USER"),
                     help="submittedBy: who asks (default: $USER)")
+    sb.add_argument("--orientations", type=_number, default=None,
+                    help="orientations: frames of a blind --region's scan (default 8)")
     _member_flags(sb)
     aws_flags(sb)
     sb.set_defaults(func=cmd_submit)

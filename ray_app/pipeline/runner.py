@@ -249,10 +249,21 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     # each candidate is characterised in its own frame: the frame it was found in, or for a
     # scan, a great circle fitted to its core (a scan frame may be ~10 deg off the stream)
     own = [_own_frame(searches[which], c, clean, scanning) for which, c in merged]
+    seeds = [membership_seed(searches[which].pers, searches[which].log_density, c)
+             for which, c in merged]
     memberships = [membership_probabilities(
-        frame_raw, membership_seed(searches[which].pers, searches[which].log_density, c),
-        errors, None if phot is None else phot[:2], base_track=searches[which].track)
-        for (which, c), (_, frame_raw) in zip(merged, own, strict=True)]
+        frame_raw, seed, errors, None if phot is None else phot[:2],
+        base_track=searches[which].track)
+        for (which, _), (_, frame_raw), seed in zip(merged, own, seeds, strict=True)]
+    if scanning:  # a compact core can leave the direction open: the members then decide it
+        for i, m in enumerate(memberships):
+            better = _refit_frame(own[i][0], clean, m.probability >= params.member_probability)
+            if better is not None:
+                own[i] = (better, stream_features(better, clean["ra"], clean["dec"],
+                                                  clean["pmra"], clean["pmdec"],
+                                                  clean["parallax"], REFINE_SCALES)[0])
+                memberships[i] = membership_probabilities(
+                    own[i][1], seeds[i], errors, None if phot is None else phot[:2])
     prob, labels = member_labels(len(sid), memberships, params.member_probability)
     if scanning and merged:
         # a scan shows (figure, stars.parquet) the diagram of the frame that found the most
@@ -525,7 +536,7 @@ REFINE_SCALES = FeatureScales()
 
 #: A structure defines a direction to fit a great circle along only when it is at least this
 #: many times longer than wide on the sky (ratio of its two tangent-plane spreads).
-MIN_ELONGATION = 3.0
+MIN_ELONGATION = 2.0
 
 
 def _fitted_frame(clean: dict, members, name: str):
@@ -548,6 +559,22 @@ def _fitted_frame(clean: dict, members, name: str):
                                      name=name)
     except ValueError:  # a degenerate fit
         return None
+
+
+#: Members whose great circle's pole lies this far (deg) from the frame they were modelled in
+#: are modelled again in their own great circle.
+REFIT_POLE_DEG = 5.0
+
+
+def _refit_frame(frame, clean: dict, is_member: np.ndarray):
+    """The members' own great circle when they are elongated along a direction the frame
+    they were modelled in does not follow (pole more than :data:`REFIT_POLE_DEG` away)."""
+    fitted = _fitted_frame(clean, np.flatnonzero(is_member), "members frame")
+    if fitted is None:
+        return None
+    a, b = np.asarray(frame.rotation[2]), np.asarray(fitted.rotation[2])
+    off = np.degrees(np.arccos(np.clip(abs(float(a @ b)), -1.0, 1.0)))
+    return fitted if off > REFIT_POLE_DEG else None
 
 
 def _own_frame(search, cand, clean: dict, scanning: bool):
