@@ -214,11 +214,21 @@ def _mad(v) -> float:
     return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
-def _mollweide_xy(ra, dec):
-    """ICRS degrees -> matplotlib Mollweide axes radians, ra increasing to the left (east),
-    as sky maps are read."""
-    lon = np.radians(np.mod(np.asarray(ra, float) + 180.0, 360.0) - 180.0)
+def _mollweide_xy(ra, dec, centre: float = 0.0):
+    """ICRS degrees -> matplotlib Mollweide axes radians, RA ``centre`` in the middle and
+    increasing to the left (east), as sky maps are read."""
+    lon = np.radians(np.mod(np.asarray(ra, float) - centre + 180.0, 360.0) - 180.0)
     return -lon, np.radians(np.asarray(dec, float))
+
+
+def _map_centre(ra) -> float:
+    """The RA to put in the middle of a map: the area's circular mean, to 30 deg (180 for an
+    area all around the sky), so a searched area is not cut by the map's edge."""
+    a = np.radians(np.asarray(ra, float))
+    c, s = float(np.mean(np.cos(a))), float(np.mean(np.sin(a)))
+    if len(a) == 0 or np.hypot(c, s) < 0.2:
+        return 180.0
+    return float(np.mod(np.round(np.degrees(np.arctan2(s, c)) / 30.0) * 30.0, 360.0))
 
 
 def _split_at_wrap(x, y):
@@ -238,11 +248,16 @@ def survey_map(path: Path, *, searched, failed, candidates: list[dict], threshol
 
     fig = plt.figure(figsize=(13, 7.2))
     ax = fig.add_subplot(111, projection="mollweide")
-    x, y = _mollweide_xy(*searched)
+    centre = _map_centre(searched[0])
+
+    def xy(ra, dec):
+        return _mollweide_xy(ra, dec, centre)
+
+    x, y = xy(*searched)
     ax.scatter(x, y, s=1.2, c="#cfe3f3", edgecolors="none", rasterized=True,
                label="searched area")
     if len(failed[0]):
-        fx, fy = _mollweide_xy(*failed)
+        fx, fy = xy(*failed)
         ax.scatter(fx, fy, s=1.2, c="#f3b0b0", edgecolors="none", rasterized=True,
                    label="not searched (failed patches)")
     from ..data.regions import _vec
@@ -254,7 +269,7 @@ def survey_map(path: Path, *, searched, failed, candidates: list[dict], threshol
         ra, dec = frame_to_icrs(s.frame, t["phi1"], t["phi2"])
         inside = len(area) and bool(np.any((_vec(ra, dec) @ area[:: max(1, len(area) // 4000)]
                                             .T).max(axis=1) > near))
-        for sx, sy in _split_at_wrap(*_mollweide_xy(ra, dec)):
+        for sx, sy in _split_at_wrap(*xy(ra, dec)):
             ax.plot(sx, sy, color="0.35" if inside else "0.7", lw=0.8 if inside else 0.4,
                     alpha=0.9 if inside else 0.5)
     ax.plot([], [], color="0.35", lw=0.8, label="registry tracks")
@@ -264,19 +279,18 @@ def survey_map(path: Path, *, searched, failed, candidates: list[dict], threshol
     norm = plt.Normalize(lo, hi)
     for c in candidates:
         order = np.argsort(c["track_ra"]) if len(c["track_ra"]) else []
-        cx, cy = _mollweide_xy(np.asarray(c["track_ra"])[order],
-                               np.asarray(c["track_dec"])[order])
+        cx, cy = xy(np.asarray(c["track_ra"])[order], np.asarray(c["track_dec"])[order])
         colour = cmap(norm(c["significance"]))
         ax.scatter(cx, cy, s=9, color=colour, edgecolors="k", linewidths=0.2, zorder=3)
         label = f"#{c['id']}" + (f" {c['match_name']}" if c.get("match_name") else " new")
-        mx, my = _mollweide_xy(c["ra_median"], c["dec_median"])
+        mx, my = xy(c["ra_median"], c["dec_median"])
         ax.annotate(label, (float(mx), float(my)), xytext=(4, 4), textcoords="offset points",
                     fontsize=8, color="k", zorder=4)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     cb = fig.colorbar(sm, ax=ax, orientation="horizontal", fraction=0.04, pad=0.07)
     cb.set_label("survey significance (sigma, corrected for every patch searched)")
     ax.set_xticks(np.radians(np.arange(-150, 181, 30)))
-    ax.set_xticklabels([f"{int(v)}" for v in np.mod(-np.arange(-150, 181, 30), 360)],
+    ax.set_xticklabels([f"{int(v)}" for v in np.mod(centre - np.arange(-150, 181, 30), 360)],
                        fontsize=7)
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.set_title(f"{title}\n{len(candidates)} survey candidate(s); RA (deg) increasing to "
