@@ -23,7 +23,7 @@ DLQ_RETENTION_S = 14 * 86400
 
 
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,76}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,75}")
 TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 
 
@@ -42,8 +42,9 @@ class ServiceNames:
                              "characters of lower-case letters, digits, '.' and '-', starting "
                              "and ending with a letter or digit")
         if not QUEUE_NAME.fullmatch(self.queue):
-            raise ValueError(f"--queue {self.queue!r} is not a valid SQS queue name: 1-76 "
-                             "characters of letters, digits, '-' and '_' (the DLQ adds -dlq)")
+            raise ValueError(f"--queue {self.queue!r} is not a valid SQS queue name: 1-75 "
+                             "characters of letters, digits, '-' and '_' (-dlq and -high are "
+                             "added for the dead-letter and high-priority queues)")
         if not TABLE_NAME.fullmatch(self.table):
             raise ValueError(f"--table {self.table!r} is not a valid DynamoDB table name: "
                              "3-255 characters of letters, digits, '_', '-' and '.'")
@@ -55,6 +56,11 @@ class ServiceNames:
     @property
     def dlq(self) -> str:
         return f"{self.queue}-dlq"
+
+    @property
+    def high(self) -> str:
+        """The high-priority queue beside it."""
+        return f"{self.queue}-high"
 
 
 def _clients(sqs=None, s3=None, dynamodb=None):
@@ -113,12 +119,15 @@ def provision(names: ServiceNames, sqs=None, s3=None, dynamodb=None) -> dict:
                             report)
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url,
                                        AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue_url = _ensure_queue(sqs, names.queue, {
+    attributes = {
         "VisibilityTimeout": str(names.visibility_s),
         "ReceiveMessageWaitTimeSeconds": "20",
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(MAX_RECEIVES)}),
-    }, report)
+    }
+    queue_url = _ensure_queue(sqs, names.queue, attributes, report)
+    # jobs of priority >= 5 go here; drivers drain it first; same dead-letter queue
+    high_url = _ensure_queue(sqs, names.high, attributes, report)
 
     try:
         s3.head_bucket(Bucket=names.bucket)
@@ -178,7 +187,8 @@ def provision(names: ServiceNames, sqs=None, s3=None, dynamodb=None) -> dict:
         dynamodb.update_time_to_live(TableName=names.table, TimeToLiveSpecification={
             "Enabled": True, "AttributeName": "ttl"})
         report[f"table {names.table} ttl"] = "enabled"
-    return {"report": report, "queue_url": queue_url, "dlq_url": dlq_url,
+    return {"report": report, "queue_url": queue_url, "high_queue_url": high_url,
+            "dlq_url": dlq_url,
             "bucket": names.bucket, "table": names.table}
 
 
@@ -188,7 +198,7 @@ def teardown(names: ServiceNames, sqs=None, s3=None, dynamodb=None) -> dict:
 
     sqs, s3, dynamodb = _clients(sqs, s3, dynamodb)
     report = {}
-    for name in (names.queue, names.dlq):
+    for name in (names.queue, names.high, names.dlq):
         url = _queue_url(sqs, name)
         if url:
             sqs.delete_queue(QueueUrl=url)

@@ -249,3 +249,95 @@ class SqliteQueue:
             total = c.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
             dead = c.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
         return {"visible": visible, "in_flight": total - visible, "dead": dead}
+
+
+#: Jobs of at least this priority go to the high-priority queue, which drivers drain first.
+HIGH_PRIORITY = 5
+
+
+def _priority(body) -> int:
+    try:
+        msg = json.loads(body) if isinstance(body, str) else body
+        p = msg.get("priority", 0) if isinstance(msg, dict) else 0
+        return p if isinstance(p, int) and not isinstance(p, bool) else 0
+    except (ValueError, TypeError):
+        return 0
+
+
+class PriorityQueues:
+    """A high-priority queue beside the normal one, used as one queue.
+
+    ``send`` puts a job of priority >= :data:`HIGH_PRIORITY` on ``high``; ``receive`` takes
+    from ``high`` first and fills the remaining slots from ``normal`` (long-polling it only
+    when ``high`` had nothing). A received message's receipt names its queue, so deleting,
+    hiding and dead-lettering go to the right one. Dead letters of both are listed and
+    redriven (back to the queue their priority says).
+    """
+
+    def __init__(self, high, normal):
+        self.high, self.normal = high, normal
+        self.queues = (high, normal)
+        self.url = normal.url
+
+    @property
+    def dlq_url(self) -> str:
+        return self.normal.dlq_url
+
+    def send(self, body: dict | str, delay_s: int = 0, url: str | None = None,
+             attributes: dict | None = None) -> str:
+        if url is not None:  # an explicit destination (a dead-letter queue)
+            return self.normal.send(body, delay_s, url=url, attributes=attributes)
+        q = self.high if _priority(body) >= HIGH_PRIORITY else self.normal
+        return q.send(body, delay_s)
+
+    def receive(self, max_messages: int, wait_s: int = 20,
+                visibility_s: int | None = None) -> list[Message]:
+        out = [Message(m.body, f"0|{m.receipt}", m.message_id, m.receive_count)
+               for m in self.high.receive(max_messages, wait_s=0, visibility_s=visibility_s)]
+        if len(out) < max_messages:
+            out += [Message(m.body, f"1|{m.receipt}", m.message_id, m.receive_count)
+                    for m in self.normal.receive(max_messages - len(out),
+                                                 wait_s=0 if out else wait_s,
+                                                 visibility_s=visibility_s)]
+        return out
+
+    def _split(self, receipt: str):
+        i, _, r = receipt.partition("|")
+        return self.queues[int(i)], r
+
+    def delete(self, receipt: str, url: str | None = None) -> None:
+        q, r = self._split(receipt)
+        q.delete(r, url=q.dlq_url if url is not None else None)
+
+    def set_visibility(self, receipt: str, seconds: int) -> None:
+        q, r = self._split(receipt)
+        q.set_visibility(r, seconds)
+
+    def dead_letter(self, msg: Message, reason: str) -> None:
+        q, r = self._split(msg.receipt)
+        q.dead_letter(Message(msg.body, r, msg.message_id, msg.receive_count), reason)
+
+    def list_dead(self, max_messages: int = 10, polls: int = 5) -> list[tuple[Message, str]]:
+        out, seen = [], set()
+        for i, q in enumerate(self.queues):
+            if q.dlq_url in seen:  # SQS: both queues dead-letter into one DLQ
+                continue
+            seen.add(q.dlq_url)
+            out += [(Message(m.body, f"{i}|{m.receipt}", m.message_id, m.receive_count), why)
+                    for m, why in q.list_dead(max_messages - len(out), polls=polls)]
+            if len(out) >= max_messages:
+                break
+        return out
+
+    def redrive(self, max_messages: int = 10, messages: list[Message] | None = None) -> int:
+        chosen = messages if messages is not None else [m for m, _ in
+                                                         self.list_dead(max_messages)]
+        for m in chosen:
+            q, r = self._split(m.receipt)
+            self.send(m.body)  # back to the queue its priority says
+            q.delete(r, url=q.dlq_url)
+        return len(chosen)
+
+    def depth(self) -> dict:
+        parts = [q.depth() for q in self.queues if hasattr(q, "depth")]
+        return {k: sum(p[k] for p in parts) for k in parts[0]} if parts else {}

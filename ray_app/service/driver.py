@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigurationError
 from ..engine.metrics import job_metrics
-from ..io.status import COMPLETED, FAILED, OPERATOR, TRANSIENT
+from ..io.status import COMPLETED, FAILED, OPERATOR, RUNNING, TRANSIENT
 from ..pipeline.params import GAIA_SOURCES, RecoverParams
 from ..pipeline.runner import run_recovery
 from .jobspec import InvalidJob, JobSpec, parse_job
@@ -64,6 +64,8 @@ class DriverConfig:
     backoff_s: int = 10          # transient failure: message hidden backoff_s * 2**(n-1)
     sweep_s: float = 60.0        # how often expired leases are swept back to PENDING
     operator_backoff_s: int = 300  # configuration error: message hidden this long, not DLQ'd
+    max_running_per_user: int = 0  # jobs of one submittedBy RUNNING at once (0: no limit)
+    defer_s: int = 5               # a job over its user's limit comes back after this long
     work_dir: str | None = None  # scratch for outputs before upload
 
     def __post_init__(self) -> None:
@@ -99,7 +101,7 @@ class Driver:
         self.work_dir = Path(self.config.work_dir or tempfile.mkdtemp(prefix="ray-app-driver-"))
         self.metrics = job_metrics()
         self.stats = {"completed": 0, "failed": 0, "skipped": 0, "dead_lettered": 0,
-                      "released": 0, "transient": 0, "operator": 0}
+                      "released": 0, "transient": 0, "operator": 0, "deferred": 0}
 
     # ------------------------------------------------------------------ control
     def stop(self, *_args) -> None:
@@ -164,6 +166,9 @@ class Driver:
         if record and record["status"] == FAILED and record.get("errorKind") != OPERATOR:
             self.queue.delete(msg.receipt)  # final; `ray-app dlq --redrive` re-opens it
             self.stats["skipped"] += 1
+            return
+        if self._over_user_limit(spec):
+            self._defer(msg)
             return
         if not self.status.claim(spec.job_id, self.driver_id, self.config.lease_s,
                                  params=spec.to_message()):
@@ -249,6 +254,26 @@ class Driver:
                 self._running.pop(spec.job_id, None)
             if self.metrics:
                 self.metrics.running.set(self.running())
+
+    def _over_user_limit(self, spec: JobSpec) -> bool:
+        """Whether the job's user already has ``max_running_per_user`` jobs RUNNING (on any
+        driver: counted in the status store), so that one user's many jobs cannot hold every
+        slot while others wait."""
+        limit = self.config.max_running_per_user
+        if not limit or not spec.submitted_by:
+            return False
+        running, _ = self.status.list_page(status=RUNNING, limit=1000)
+        mine = sum((r.get("params") or {}).get("submittedBy") == spec.submitted_by
+                   for r in running)
+        return mine >= limit
+
+    def _defer(self, msg) -> None:
+        """Put the message back at the end of its queue, after ``defer_s``: sent again, then
+        the received copy deleted, so the wait does not count towards its receives (the
+        redrive policy would dead-letter a job that merely waited its turn)."""
+        self.queue.send(msg.body, delay_s=self.config.defer_s)
+        self.queue.delete(msg.receipt)
+        self.stats["deferred"] += 1
 
     def _check_serviceable(self, spec: JobSpec) -> None:
         """Refuse, before claiming, what this deployment's shard plans cannot serve."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..core.errors import ConfigurationError
 from ..data.catalogue import is_uri
 from ..io.home import local_home
-from ..io.queue import SqliteQueue, SqsQueue
+from ..io.queue import PriorityQueues, SqliteQueue, SqsQueue
 from ..io.results import LocalResultStore, S3ResultStore
 from ..io.status import DynamoStatusStore, SqliteStatusStore
 from ..pipeline.params import GAIA_SOURCES
@@ -45,18 +45,38 @@ def service_from_env(queue_url: str | None = None, table: str | None = None,
     queue_url = queue_url or os.environ.get("QUEUE_URL")
     table = table or os.environ.get("TABLE_NAME")
     bucket = bucket or os.environ.get("BUCKET_NAME")
-    queue = SqsQueue(queue_url) if queue_url else None
+    queue = _with_high_queue(queue_url) if queue_url else None
     if table and bucket:
         return Service(queue, DynamoStatusStore(table), S3ResultStore(bucket), "aws")
     if table or bucket:
         raise ValueError("set both TABLE_NAME and BUCKET_NAME (AWS mode) or neither (local "
                          f"mode); got TABLE_NAME={table!r}, BUCKET_NAME={bucket!r}")
     home = local_home()
-    if queue is None:  # the embedded local queue: submit -> `ray-app consume` with no AWS
-        queue = SqliteQueue(home / "queue.db",
-                            visibility_s=int(os.environ.get("RAY_APP_VISIBILITY_S", 120)))
+    if queue is None:  # the embedded local queues: submit -> `ray-app consume` with no AWS
+        vis = int(os.environ.get("RAY_APP_VISIBILITY_S", 120))
+        queue = PriorityQueues(SqliteQueue(home / "queue-high.db", visibility_s=vis),
+                               SqliteQueue(home / "queue.db", visibility_s=vis))
     return Service(queue, SqliteStatusStore(home / "status.db"), LocalResultStore(home),
                    "local")
+
+
+def _with_high_queue(queue_url: str):
+    """The SQS queue and, where ``provision`` made it, its high-priority twin
+    (``HIGH_QUEUE_URL``, default the queue's URL + ``-high``); without one, a single queue
+    (priorities then only order nothing, and a warning says how to add it)."""
+    from botocore.exceptions import ClientError
+
+    normal = SqsQueue(queue_url)
+    high_url = os.environ.get("HIGH_QUEUE_URL") or queue_url.rstrip("/") + "-high"
+    try:
+        normal.sqs.get_queue_attributes(QueueUrl=high_url, AttributeNames=["QueueArn"])
+    except ClientError as exc:
+        if "NonExistentQueue" not in exc.response["Error"]["Code"]:
+            raise
+        log.warning("no high-priority queue %s: priorities are not honoured; run "
+                    "`ray-app provision` to add it", high_url)
+        return normal
+    return PriorityQueues(SqsQueue(high_url, client=normal.sqs), normal)
 
 
 def submit(service: Service, message: dict) -> JobSpec:
@@ -136,6 +156,7 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
     poll, 20), RAY_APP_VISIBILITY_S (120), RAY_APP_HEARTBEAT_S (30), RAY_APP_LEASE_S (120),
     RAY_APP_DRAIN_S (drain bound on SIGTERM, 120), RAY_APP_BACKOFF_S (10), RAY_APP_SWEEP_S
     (60), RAY_APP_OPERATOR_BACKOFF_S (a configuration error hides the message this long, 300),
+    RAY_APP_MAX_RUNNING_PER_USER (jobs of one submittedBy running at once, 1; 0: no limit),
     RAY_APP_MAX_ACTORS, RAY_APP_GPUS_PER_ACTOR.
     """
     import signal
@@ -152,7 +173,8 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
                           drain_s=_env("RAY_APP_DRAIN_S", 120),
                           backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
                           sweep_s=_env("RAY_APP_SWEEP_S", 60),
-                          operator_backoff_s=_env("RAY_APP_OPERATOR_BACKOFF_S", 300, int))
+                          operator_backoff_s=_env("RAY_APP_OPERATOR_BACKOFF_S", 300, int),
+                          max_running_per_user=_env("RAY_APP_MAX_RUNNING_PER_USER", 1, int))
     engine = default_engine(engine_name)  # ray.init happens here ...
     driver = Driver(service.queue, service.status, service.results, engine, config)
     signal.signal(signal.SIGTERM, driver.stop)  # ... so our handlers are installed after it
