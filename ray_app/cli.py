@@ -387,6 +387,7 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_survey(args) -> int:
+    from .data.catalogue import parse_columns_map
     from .survey.run import SurveyParams, local_folder, run_survey
 
     _at_least_one("--num-cpus", args.num_cpus)
@@ -400,7 +401,10 @@ def cmd_survey(args) -> int:
         sigma_threshold=args.sigma_threshold, member_probability=args.member_probability,
         orientations=args.orientations, seed=args.seed, retries=args.retries,
         concurrency=args.concurrency, cache=args.cache,
-        columns=args.columns)
+        columns=parse_columns_map(args.columns) if args.columns else None,
+        cuts={k: v for k, v in (("parallax_max", args.parallax_max), ("g_max", args.g_max),
+                                ("bp_rp_min", args.bp_rp_min), ("bp_rp_max", args.bp_rp_max))
+              if v is not None})
     from .engine.engines import default_engine
 
     printer = _Progress()
@@ -595,6 +599,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extra attempts of a failing patch before it is reported failed")
     sv.add_argument("--concurrency", type=int, default=2,
                     help="patches searched at once on the shared density pool")
+    cuts = sv.add_argument_group("cuts (the Gaia query's; applied to every source)")
+    cuts.add_argument("--parallax-max", type=_number, default=None,
+                      help="keep parallax below this, mas (default 1)")
+    cuts.add_argument("--g-max", type=_number, default=None,
+                      help="keep phot_g_mean_mag below this (default 20.5)")
+    cuts.add_argument("--bp-rp-min", type=_number, default=None,
+                      help="keep bp_rp above this (default -0.5)")
+    cuts.add_argument("--bp-rp-max", type=_number, default=None,
+                      help="keep bp_rp below this (default 2.5)")
     sv.add_argument("--cache", help="Gaia chunk cache (--source gaia-dr3)")
     sv.add_argument("--columns", help="rename a Parquet source's columns: FILE=ours,...")
     sv.add_argument("--engine", choices=("ray", "in-process"), default="ray",

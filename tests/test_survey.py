@@ -245,3 +245,21 @@ def test_a_survey_can_end_in_s3(aws, capsys):
     assert {"candidates.parquet", "members.parquet", "map.png", "survey.json",
             "manifest.json"} <= names
     assert any(n.startswith("patches/") and n.endswith("/manifest.json") for n in names)
+
+
+def test_cuts_apply_to_every_patch_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "cut"
+    rc = main(["survey", "--region", '{"cone": {"center": [150, 35], "radius": 3}}',
+               "--density-scale", "0.004", "--n-neighbors", "8", "--g-max", "19",
+               "--parallax-max", "0.5", "--out", str(out), "--engine", "in-process"])
+    assert rc == 0, capsys.readouterr()
+    survey = json.loads((out / "survey.json").read_text())
+    assert survey["parameters"]["cuts"]["g_max"] == 19
+    for pdir in (out / "patches").iterdir():
+        stars = pq.read_table(pdir / "stars.parquet",
+                              columns=["phot_g_mean_mag", "parallax"]).to_pydict()
+        assert max(stars["phot_g_mean_mag"]) < 19 and max(stars["parallax"]) < 0.5
+    assert main(["survey", "--region", '{"cone": {"center": [150, 35], "radius": 3}}',
+                 "--bp-rp-min", "2", "--bp-rp-max", "1", "--out", str(tmp_path / "x"),
+                 "--engine", "in-process"]) == EXIT_BAD_INPUT
+    assert "bp_rp_min (2) must be < bp_rp_max (1)" in capsys.readouterr().err

@@ -124,21 +124,39 @@ class SyntheticSurveySky:
                           + int(cell) * 2**20 + np.arange(n))
         return f
 
-    def stars_in(self, region: ConeRegion) -> dict:
-        """Every star (field and injected) inside a cone, with truth columns
-        ``stream_label`` (-1: field) and ``is_stream``."""
+    def stars_in(self, region: ConeRegion, cuts=None) -> dict:
+        """Every star (field and injected) inside a cone passing ``cuts`` (a QueryCuts;
+        default the archive's defaults), with truth columns ``stream_label`` (-1: field)
+        and ``is_stream``."""
         parts = [self.cell_stars(int(c)) for c in _cells_overlapping(region, SKY_LEVEL)]
         streams = self.streams()
         if streams:
             parts.append(streams)
         parts = [p for p in parts if p]
         cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        inside = region.contains(cols["ra"], cols["dec"]) & (cols["parallax"] < 1.0) \
-            & (cols["phot_g_mean_mag"] < 20.5) & (cols["bp_rp"] > -0.5) & (cols["bp_rp"] < 2.5)
+        inside = region.contains(cols["ra"], cols["dec"]) & passes_cuts(cols, cuts)
         cols = {k: v[inside] for k, v in cols.items()}
         cols.pop("distance_kpc", None)
         cols["is_stream"] = cols["stream_label"] >= 0
         return cols
+
+
+def passes_cuts(cols, cuts=None) -> np.ndarray:
+    """Rows passing a QueryCuts (default its defaults): parallax below the limit (and not
+    NaN), and, where the columns exist, G and BP-RP within theirs."""
+    from .gaia import QueryCuts
+
+    cuts = cuts or QueryCuts()
+    get = (lambda k: np.asarray(cols[k])) if isinstance(cols, dict) else \
+        (lambda k: cols[k].to_numpy(zero_copy_only=False))
+    names = cols.keys() if isinstance(cols, dict) else cols.column_names
+    ok = get("parallax") < cuts.parallax_max
+    if "phot_g_mean_mag" in names:
+        ok &= get("phot_g_mean_mag") < cuts.g_max
+    if "bp_rp" in names:
+        bp_rp = get("bp_rp")
+        ok &= (bp_rp > cuts.bp_rp_min) & (bp_rp < cuts.bp_rp_max)
+    return ok
 
 
 # ---------------------------------------------------------------- HATS-partitioned Parquet

@@ -167,6 +167,7 @@ class RecoverParams:
     member_probability: float = DEFAULT_MEMBER_PROBABILITY
     photometry: object = None
     orientations: int | None = None
+    cuts: QueryCuts | None = None
 
     def __post_init__(self) -> None:
         if (self.stream_key is None) == (self.region is None):

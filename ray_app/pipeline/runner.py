@@ -94,7 +94,7 @@ def load_catalogue(params: RecoverParams, progress: ProgressFn | None = None
             if progress is not None:
                 progress(STAGES["load"] * done // max(total, 1), "load")
 
-        cuts = target.default_cuts
+        cuts = params.cuts or target.default_cuts
         table, report, chunks = fetch_region(target.footprint, cuts,
                                              GaiaArchive(params.gaia_url),
                                              open_cache(params.cache), RetryPolicy.from_env(),

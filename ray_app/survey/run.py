@@ -88,10 +88,14 @@ class SurveyParams:
     concurrency: int = 2
     cache: str | None = None
     columns: dict | None = None
+    cuts: dict | None = None
     patches: list = field(default_factory=list, repr=False)
     fine: np.ndarray = field(default=None, repr=False)
 
     def __post_init__(self):
+        from ..data.gaia import QueryCuts
+
+        self.query_cuts = QueryCuts(**(self.cuts or {}))  # validated: ValueError names it
         self.fine = area_pixels(self.region, self.healpix, self.min_abs_b, self.all_sky)
         self.patches = plan_patches(self.fine, self.patch_level, self.overlap_deg)
         if self.source == "synthetic":
@@ -130,7 +134,8 @@ class SurveyParams:
                 "nNeighbors": self.n_neighbors, "sigmaThreshold": self.sigma_threshold,
                 "memberProbability": self.member_probability,
                 "orientations": self.orientations, "seed": self.seed,
-                "columns": self.columns, "area": {"region": self.region,
+                "columns": self.columns, "cuts": self.query_cuts.to_dict(),
+                "area": {"region": self.region,
                                                   "healpix": self.healpix,
                                                   "min_abs_b": self.min_abs_b,
                                                   "all_sky": self.all_sky}}
@@ -147,9 +152,8 @@ class SurveyParams:
                              sigma_threshold=round(self.job_threshold, 4), out_dir=out_dir,
                              seed=self.seed, write_ecsv=False, cache=self.cache,
                              member_probability=self.member_probability,
-                             orientations=self.orientations,
-                             columns=self.columns if self.source not in GAIA_SOURCES
-                             and self.source != "synthetic" else None)
+                             orientations=self.orientations, cuts=self.query_cuts,
+                             columns=None)
 
 
 # ---------------------------------------------------------------- one patch (a stage)
@@ -161,18 +165,28 @@ def patch_catalogue(params: SurveyParams, patch: Patch, dest: Path) -> tuple[str
 
     if params.source in GAIA_SOURCES:
         return None, {"kind": "gaia-dr3"}
+    from ..data.catalogue import read_catalogue
+    from ..data.survey_sky import passes_cuts
+
     region = parse_region(patch.region())
     if params.source == "synthetic":
-        cols = params.sky.stars_in(region)
+        cols = params.sky.stars_in(region, params.query_cuts)
         pq.write_table(pa.table(cols), dest)
         return str(dest), {"kind": "synthetic", "stars": len(cols["ra"])}
-    src = Path(params.source)
-    if src.is_dir():
-        table, opened, total = read_hats(src, region)
-        pq.write_table(table, dest)
-        return str(dest), {"kind": "hats", "partitions_opened": opened,
-                           "partitions": total, "stars": table.num_rows}
-    return params.source, {"kind": "parquet"}  # the job keeps the rows inside the cone
+    if not is_uri(params.source) and Path(params.source).is_dir():
+        table, opened, total = read_hats(params.source, region)
+        origin = {"kind": "hats", "partitions_opened": opened, "partitions": total}
+    else:  # one Parquet file: its rows inside the cone
+        _, table = read_catalogue(params.source, params.columns)
+        origin = {"kind": "parquet"}
+    if params.columns and origin["kind"] == "hats":
+        table = table.rename_columns([params.columns.get(c, c) for c in table.column_names])
+    if table.num_rows:
+        keep = region.contains(table["ra"].to_numpy(), table["dec"].to_numpy()) & \
+            passes_cuts(table, params.query_cuts)
+        table = table.filter(pa.array(keep))
+    pq.write_table(table, dest)
+    return str(dest), {**origin, "stars": table.num_rows}
 
 
 def run_patch(params: SurveyParams, patch: Patch, engine, out: Path) -> dict:
@@ -346,8 +360,7 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
                 tmp = out / "patches" / ".inputs"
                 tmp.mkdir(parents=True, exist_ok=True)
                 local, origin = patch_catalogue(params, patch, tmp / f"{patch.id}.parquet")
-                src = service.results.put_input(f"{sid}/{patch.id}.parquet", local) \
-                    if local != params.source else params.source
+                src = service.results.put_input(f"{sid}/{patch.id}.parquet", local)
             rp = params.recover_params(patch, None, str(tmp_dir_never()))
             message = {"jobId": job_id, "region": patch.region(), "source": src,
                        "nNeighbors": rp.n_neighbors, "sigmaThreshold": rp.sigma_threshold,
@@ -355,9 +368,6 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
                        "memberProbability": params.member_probability}
             if params.orientations is not None:
                 message["orientations"] = params.orientations
-            if params.columns and params.source not in GAIA_SOURCES \
-                    and params.source != "synthetic" and not Path(params.source).is_dir():
-                message["columns"] = params.columns
             submit(service, message)
             state["patches"][patch.id] = {**patch.to_dict(), "status": "queued",
                                           "job_id": job_id, "data": origin}
