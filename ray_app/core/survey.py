@@ -18,6 +18,7 @@ import math
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
+from .frames import _unit_vectors
 from .significance import MAX_SIGMA
 
 #: Two candidates sharing at least this fraction of the smaller one's members are the same.
@@ -55,8 +56,8 @@ def job_sigma_for(survey_threshold: float, n_patches: int) -> float:
 
 
 def _unit(ra, dec) -> np.ndarray:
-    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+    """(n, 3) unit vectors of ICRS positions (degrees)."""
+    return _unit_vectors(np.asarray(ra, float), np.asarray(dec, float)).reshape(3, -1).T
 
 
 def tracks_coincide(a: dict, b: dict) -> bool:

@@ -141,9 +141,9 @@ def upload_folder(local_dir: str | Path, uri: str, client=None) -> list[str]:
     Returns the keys written."""
     from . import aws
 
-    if not uri.startswith("s3://") or "/" not in uri[5:].strip("/") and not uri[5:].strip("/"):
-        raise ValueError(f"expected s3://bucket/prefix, got {uri!r}")
     bucket, _, prefix = uri[5:].partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise ValueError(f"expected s3://bucket/prefix, got {uri!r}")
     prefix = prefix.strip("/")
     s3 = client or aws.client("s3")
     root = Path(local_dir)

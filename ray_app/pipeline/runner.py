@@ -543,13 +543,12 @@ def _fitted_frame(clean: dict, members, name: str):
     """A great circle through ``members`` (least squares), phi1 = 0 at their median position;
     None when they define no direction (too few, or not elongated: a round clump's fitted
     circle would point anywhere)."""
-    from ..core.frames import StreamFrame, fit_great_circle_pole
+    from ..core.frames import StreamFrame, _unit_vectors, fit_great_circle_pole
 
     if len(members) < 5:
         return None
     ra, dec = clean["ra"][members], clean["dec"][members]
-    r, d = np.radians(ra), np.radians(dec)
-    v = np.stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+    v = _unit_vectors(ra, dec)
     w = np.linalg.eigvalsh(v @ v.T / v.shape[1])  # ascending: small spread, long spread, axis
     if w[0] <= 0 or np.sqrt(w[1] / w[0]) < MIN_ELONGATION:
         return None

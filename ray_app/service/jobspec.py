@@ -87,26 +87,18 @@ class JobSpec:
                "sigmaThreshold": self.sigma_threshold,
                "source": self.source, "priority": self.priority, "seed": self.seed,
                "nBackground": self.n_background, "nStream": self.n_stream}
-        if self.stream_key is not None:
-            msg["streamKey"] = self.stream_key
-        if self.region is not None:
-            msg["region"] = self.region
-        if self.shards is not None:
-            msg["shards"] = self.shards
-        if self.submitted_by is not None:
-            msg["submittedBy"] = self.submitted_by
+        for name, value in (("streamKey", self.stream_key), ("region", self.region),
+                            ("shards", self.shards), ("submittedBy", self.submitted_by),
+                            ("cache", self.cache), ("orientations", self.orientations),
+                            ("surveyId", self.survey_id)):
+            if value is not None:  # optional fields appear only when set
+                msg[name] = value
         if self.columns:
             msg["columns"] = self.columns
         if self.member_probability != DEFAULT_MEMBER_PROBABILITY:
             msg["memberProbability"] = self.member_probability
         if self.photometry is not None:
             msg["photometry"] = "none" if self.photometry.get("off") else self.photometry
-        if self.cache is not None:
-            msg["cache"] = self.cache
-        if self.orientations is not None:
-            msg["orientations"] = self.orientations
-        if self.survey_id is not None:
-            msg["surveyId"] = self.survey_id
         return msg
 
 

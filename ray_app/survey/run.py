@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,7 @@ class SurveyParams:
     def __post_init__(self):
         from ..data.gaia import QueryCuts
 
+        self._table, self._read_lock = None, threading.Lock()
         self.query_cuts = QueryCuts(**(self.cuts or {}))  # validated: ValueError names it
         self.fine = area_pixels(self.region, self.healpix, self.min_abs_b, self.all_sky)
         self.patches = plan_patches(self.fine, self.patch_level, self.overlap_deg)
@@ -122,6 +123,16 @@ class SurveyParams:
         # the first patch's parameters are checked now (k, threshold, orientations...), so a
         # bad value is refused before anything is written
         self.recover_params(self.patches[0], None, str(tmp_dir_never()))
+
+    def source_table(self) -> pa.Table:
+        """A single-file Parquet source, read (and renamed by ``columns``) once for all the
+        patches that cut their cones out of it."""
+        from ..data.catalogue import read_catalogue
+
+        with self._read_lock:
+            if self._table is None:
+                self._table = read_catalogue(self.source, self.columns)[1]
+        return self._table
 
     @property
     def area_deg2(self) -> float:
@@ -165,7 +176,6 @@ def patch_catalogue(params: SurveyParams, patch: Patch, dest: Path) -> tuple[str
 
     if params.source in GAIA_SOURCES:
         return None, {"kind": "gaia-dr3"}
-    from ..data.catalogue import read_catalogue
     from ..data.survey_sky import passes_cuts
 
     region = parse_region(patch.region())
@@ -176,8 +186,8 @@ def patch_catalogue(params: SurveyParams, patch: Patch, dest: Path) -> tuple[str
     if not is_uri(params.source) and Path(params.source).is_dir():
         table, opened, total = read_hats(params.source, region)
         origin = {"kind": "hats", "partitions_opened": opened, "partitions": total}
-    else:  # one Parquet file: its rows inside the cone
-        _, table = read_catalogue(params.source, params.columns)
+    else:  # one Parquet file (read once for every patch): its rows inside the cone
+        table = params.source_table()
         origin = {"kind": "parquet"}
     if params.columns and origin["kind"] == "hats":
         table = table.rename_columns([params.columns.get(c, c) for c in table.column_names])
@@ -187,6 +197,12 @@ def patch_catalogue(params: SurveyParams, patch: Patch, dest: Path) -> tuple[str
         table = table.filter(pa.array(keep))
     pq.write_table(table, dest)
     return str(dest), {**origin, "stars": table.num_rows}
+
+
+def _too_few_stars(error: str) -> bool:
+    """Whether a patch's job failed because the patch holds too few stars to search (an
+    empty patch, not a failed one)."""
+    return "needs at least" in error or "lies inside the region" in error
 
 
 def run_patch(params: SurveyParams, patch: Patch, engine, out: Path) -> dict:
@@ -209,8 +225,7 @@ def run_patch(params: SurveyParams, patch: Patch, engine, out: Path) -> dict:
                           data=origin, error=None)
             return record
         except CatalogueError as exc:  # the data itself: too few stars to search, say so
-            record.update(status="empty" if "needs at least" in str(exc) or
-                          "lies inside the region" in str(exc) else "failed",
+            record.update(status="empty" if _too_few_stars(str(exc)) else "failed",
                           error=str(exc), seconds=round(time.perf_counter() - t0, 3))
             return record
         except Exception as exc:  # retried: a transient failure may pass the next time
@@ -281,18 +296,20 @@ def run_survey(params: SurveyParams, engine, progress=None, service=None,
     lock = threading.Lock()
     done = 0
 
-    def one(patch):
+    def finished(patch_id: str, record: dict) -> None:
+        """Record a patch's end: survey.json rewritten, the metric, the progress."""
         nonlocal done
-        rec = run_patch(params, patch, engine, out)
         with lock:
-            state["patches"][patch.id] = {**patch.to_dict(), **rec}
+            state["patches"][patch_id] = record
             done += 1
             outputs.write_json(out / "survey.json", state)
             if metrics:
-                metrics.patches_done.inc(tags={"status": rec["status"]})
+                metrics.patches_done.inc(tags={"status": record["status"]})
             if progress:
-                progress(done, len(params.patches), patch.id)
-        return rec
+                progress(done, len(params.patches), patch_id)
+
+    def one(patch):
+        finished(patch.id, {**patch.to_dict(), **run_patch(params, patch, engine, out)})
 
     t0 = time.perf_counter()
     if service is None:
@@ -301,7 +318,7 @@ def run_survey(params: SurveyParams, engine, progress=None, service=None,
     else:
         state["via"] = {"mode": "queue", "service": service.mode,
                         "survey_id": survey_id(params)}
-        _via_queue(params, service, out, state, lock, metrics, progress, poll_s)
+        _via_queue(params, service, out, state, finished, poll_s)
     search_s = time.perf_counter() - t0
     shutil.rmtree(out / "patches" / ".inputs", ignore_errors=True)
     candidates, members = merge_patches(params, out, state)
@@ -337,10 +354,11 @@ def survey_id(params: SurveyParams) -> str:
     return f"survey-{params.digest()}"
 
 
-def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metrics,
-               progress, poll_s: float) -> None:
+def _via_queue(params: SurveyParams, service, out: Path, state: dict, finished,
+               poll_s: float) -> None:
     """Submit one region job per unfinished patch (idempotent: a patch whose job already
-    exists is not submitted again), wait for each to end, fetch its outputs."""
+    exists is not submitted again), wait for each to end, fetch its outputs;
+    ``finished(patch_id, record)`` records each patch's end."""
     from ..io.status import COMPLETED, FAILED
     from ..service import submit
 
@@ -349,8 +367,7 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
     for patch in params.patches:
         pdir = out / "patches" / patch.id
         if (pdir / "manifest.json").exists():
-            state["patches"][patch.id] = {**patch.to_dict(), "status": "done",
-                                          "resumed": True}
+            finished(patch.id, {**patch.to_dict(), "status": "done", "resumed": True})
             continue
         job_id = f"{sid}-{patch.id}"
         if service.status.get(job_id) is None:  # not yet submitted (or a fresh store)
@@ -361,9 +378,9 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
                 tmp.mkdir(parents=True, exist_ok=True)
                 local, origin = patch_catalogue(params, patch, tmp / f"{patch.id}.parquet")
                 src = service.results.put_input(f"{sid}/{patch.id}.parquet", local)
-            rp = params.recover_params(patch, None, str(tmp_dir_never()))
             message = {"jobId": job_id, "region": patch.region(), "source": src,
-                       "nNeighbors": rp.n_neighbors, "sigmaThreshold": rp.sigma_threshold,
+                       "nNeighbors": params.n_neighbors,
+                       "sigmaThreshold": round(params.job_threshold, 4),
                        "seed": params.seed, "surveyId": sid,
                        "memberProbability": params.member_probability}
             if params.orientations is not None:
@@ -376,13 +393,12 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
                                           "job_id": job_id}
         waiting[patch.id] = (patch, job_id, time.perf_counter())
     outputs.write_json(out / "survey.json", state)
-    done = sum(r["status"] != "queued" for r in state["patches"].values())
     while waiting:
         for pid, (_patch, job_id, t0) in list(waiting.items()):
             rec = service.status.get(job_id) or {}
             if rec.get("status") not in (COMPLETED, FAILED):
                 continue
-            entry = state["patches"][pid]
+            entry = dict(state["patches"][pid])
             if rec["status"] == COMPLETED:
                 staging = out / "patches" / f".{pid}.download"
                 shutil.rmtree(staging, ignore_errors=True)
@@ -395,17 +411,10 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, lock, metr
                              candidates=meta["counts"]["candidates"], error=None)
             else:
                 err = rec.get("error", "")
-                empty = "needs at least" in err or "lies inside the region" in err
-                entry.update(status="empty" if empty else "failed",
+                entry.update(status="empty" if _too_few_stars(err) else "failed",
                              attempts=rec.get("attempts"), error=err)
             del waiting[pid]
-            done += 1
-            with lock:
-                outputs.write_json(out / "survey.json", state)
-            if metrics:
-                metrics.patches_done.inc(tags={"status": entry["status"]})
-            if progress:
-                progress(done, len(params.patches), pid)
+            finished(pid, entry)
         if waiting:
             time.sleep(poll_s)
 
@@ -416,7 +425,7 @@ def tmp_dir_never() -> Path:
 
 
 # ---------------------------------------------------------------- merge and outputs
-def _patch_candidates(params: SurveyParams, out: Path, pid: str) -> list[dict]:
+def _patch_candidates(out: Path, pid: str) -> list[dict]:
     pdir = out / "patches" / pid
     cj = json.loads((pdir / "candidates.json").read_text())
     if not cj:
@@ -451,7 +460,7 @@ def merge_patches(params: SurveyParams, out: Path, state: dict) -> tuple[list[di
     found = []
     for p in params.patches:
         if state["patches"][p.id]["status"] == "done":
-            found += _patch_candidates(params, out, p.id)
+            found += _patch_candidates(out, p.id)
     n_patches = max(len(params.patches), 1)
     groups = merge_groups([f["members"] for f in found], [f["track"] for f in found])
     cands, member_rows = [], {k: [] for k in ("source_id", "candidate", "probability", "ra",
@@ -548,11 +557,3 @@ def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     write(tmp)
     os.replace(tmp, path)
-
-
-def survey_params_dict(params: SurveyParams) -> dict:
-    """The parameters as plain data (for the CLI's --json and tests)."""
-    d = asdict(params)
-    d.pop("patches", None)
-    d.pop("fine", None)
-    return d
