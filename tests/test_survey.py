@@ -263,3 +263,18 @@ def test_cuts_apply_to_every_patch_and_are_recorded(tmp_path, capsys):
                  "--bp-rp-min", "2", "--bp-rp-max", "1", "--out", str(tmp_path / "x"),
                  "--engine", "in-process"]) == EXIT_BAD_INPUT
     assert "bp_rp_min (2) must be < bp_rp_max (1)" in capsys.readouterr().err
+
+
+def test_a_patch_with_no_star_is_empty_not_failed(real_data, tmp_path, capsys):
+    """A real catalogue covering only part of the area (the GD-1 field is a band): patches
+    with no star in it are empty, the others are searched, nothing is reported failed."""
+    out = tmp_path / "band"
+    rc = main(["survey", "--region", '{"cone": {"center": [146.4, 33.2], "radius": 10}}',
+               "--source", str(real_data / "gd1_dr2_widefield.parquet"), "--out", str(out),
+               "--engine", "in-process"])
+    assert rc == 0, capsys.readouterr()
+    survey = json.loads((out / "survey.json").read_text())
+    statuses = [r["status"] for r in survey["patches"].values()]
+    assert "failed" not in statuses and "empty" in statuses and "done" in statuses
+    cands = pq.read_table(out / "candidates.parquet").to_pylist()
+    assert [c["match_key"] for c in cands] == ["gd-1"]

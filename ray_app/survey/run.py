@@ -219,6 +219,10 @@ def run_patch(params: SurveyParams, patch: Patch, engine, out: Path) -> dict:
         dest = tmp / f"{patch.id}-{os.getpid()}-{threading.get_ident()}.parquet"
         try:
             path, origin = patch_catalogue(params, patch, dest)
+            if origin.get("stars") == 0:  # nothing there to search: empty, not failed
+                record.update(status="empty", data=origin, error="no star in the patch",
+                              seconds=round(time.perf_counter() - t0, 3))
+                return record
             summary = run_recovery(params.recover_params(patch, path, str(pdir)), engine)
             record.update(status="done", seconds=round(time.perf_counter() - t0, 3),
                           stars=summary.n_stars, candidates=summary.n_candidates,
@@ -377,6 +381,10 @@ def _via_queue(params: SurveyParams, service, out: Path, state: dict, finished,
                 tmp = out / "patches" / ".inputs"
                 tmp.mkdir(parents=True, exist_ok=True)
                 local, origin = patch_catalogue(params, patch, tmp / f"{patch.id}.parquet")
+                if origin.get("stars") == 0:  # nothing to search: no job for it
+                    finished(patch.id, {**patch.to_dict(), "status": "empty", "data": origin,
+                                        "error": "no star in the patch"})
+                    continue
                 src = service.results.put_input(f"{sid}/{patch.id}.parquet", local)
             message = {"jobId": job_id, "region": patch.region(), "source": src,
                        "nNeighbors": params.n_neighbors,
