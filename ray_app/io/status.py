@@ -451,6 +451,7 @@ class DynamoStatusStore:
              params: dict | None = None, now: float | None = None,
              kind: str = INPUT) -> bool:
         now = time.time() if now is None else now
+        self._stages.pop((job_id, driver_id), None)
         return self._cond_update(
             job_id, {"status": FAILED, "stage": "failed", "error": truncate_error(error),
                      "errorKind": kind,
