@@ -19,7 +19,7 @@ from . import __version__
 from .core.errors import ConfigurationError
 from .core.membership import DEFAULT_MEMBER_PROBABILITY
 from .core.significance import DEFAULT_SIGMA_THRESHOLD
-from .io.status import MAX_LIST, STATUSES
+from .io.status import FINAL, MAX_LIST, STATUSES
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -247,15 +247,15 @@ def cmd_status(args) -> int:
         else:
             line = (f"{rec['jobId']}: {rec['status']:<9} [{_bar(rec.get('progress', 0)):<20}] "
                     f"{rec.get('progress', 0):3d}% {rec.get('stage', '')}")
-            end = "\n" if (not args.watch or rec["status"] in ("COMPLETED", "FAILED")) else ""
+            end = "\n" if (not args.watch or rec["status"] in FINAL) else ""
             sys.stdout.write(("\r" if args.watch else "") + line + end)
             sys.stdout.flush()
-            if rec["status"] in ("COMPLETED", "FAILED") or not args.watch:
+            if rec["status"] in FINAL or not args.watch:
                 for key in ("attempts", "driverId", "createdAt", "startedAt", "finishedAt",
                             "resultPrefix", "error"):
                     if key in rec:
                         print(f"  {key}: {rec[key]}")
-        if not args.watch or rec["status"] in ("COMPLETED", "FAILED"):
+        if not args.watch or rec["status"] in FINAL:
             return 0 if rec["status"] != "FAILED" else 1
         time.sleep(args.interval)
 
@@ -263,10 +263,10 @@ def cmd_status(args) -> int:
 def cmd_jobs(args) -> int:
     from .io.status import validate_listing
 
-    validate_listing(args.status, args.limit)  # before any service call
+    validate_listing(args.status, args.limit, args.submitted_by)  # before any service call
     svc = _service(args)
     rows, cursor = svc.status.list_page(status=args.status, limit=args.limit,
-                                        cursor=args.cursor)
+                                        cursor=args.cursor, submitted_by=args.submitted_by)
     if args.json:
         print(json.dumps({"jobs": rows, "cursor": cursor}, indent=2, default=str))
         return 0
@@ -275,8 +275,27 @@ def cmd_jobs(args) -> int:
         print(f"{r['jobId']:<24} {r['status']:<10} {r.get('progress', 0):>7}%  "
               f"{r.get('stage', ''):<14} {r.get('updatedAt', '')}")
     if cursor:
-        flags = (f" --status {args.status}" if args.status else "") + f" --limit {args.limit}"
+        flags = (f" --status {args.status}" if args.status else "") + (
+            f" --submitted-by {args.submitted_by}" if args.submitted_by else "") + \
+            f" --limit {args.limit}"
         print(f"more: ray-app jobs{flags} --cursor {cursor}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .io.status import CANCEL_DONE
+
+    svc = _service(args)
+    outcome = svc.status.cancel(args.job_id)
+    if outcome is None:
+        rec = svc.status.get(args.job_id)
+        if rec is None:
+            raise ValueError(f"job {args.job_id!r} not found in the {svc.mode} status store")
+        raise ValueError(f"job {args.job_id!r} is {rec['status']}: only PENDING and RUNNING "
+                         "jobs can be cancelled")
+    print(f"{args.job_id}: CANCELLED" if outcome == CANCEL_DONE else
+          f"{args.job_id}: cancel requested; its driver stops at the next stage boundary "
+          "and publishes nothing")
     return 0
 
 
@@ -682,10 +701,19 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("--limit", type=int, default=50,
                     help=f"at most this many per page (1-{MAX_LIST})")
     jb.add_argument("--cursor", help="continue after the page that printed this cursor")
+    jb.add_argument("--submitted-by", help="only jobs of this submittedBy")
     jb.add_argument("--json", action="store_true",
                     help="machine-readable output: {\"jobs\": [...], \"cursor\": next or null}")
     aws_flags(jb)
     jb.set_defaults(func=cmd_jobs)
+
+    cn = sub.add_parser("cancel", help="cancel a PENDING or RUNNING job",
+                        description="Cancel a job: PENDING becomes CANCELLED at once; a "
+                                    "RUNNING job's driver stops at its next stage boundary, "
+                                    "records CANCELLED and publishes no outputs.")
+    cn.add_argument("job_id", help="the jobId")
+    aws_flags(cn)
+    cn.set_defaults(func=cmd_cancel)
 
     rs = sub.add_parser("results", help="download a job's outputs",
                         description="Copy a COMPLETED job's files (from S3, the local results "

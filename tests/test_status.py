@@ -229,3 +229,50 @@ def test_provision_adds_the_status_index_to_an_older_table(aws):
     store = DynamoStatusStore(aws["table"])
     store.create("x", {})
     assert [r["jobId"] for r in store.list(status=PENDING)] == ["x"]
+
+
+def test_cancel_in_each_state(store):
+    from ray_app.io.status import CANCEL_DONE, CANCEL_REQUESTED, CANCELLED
+
+    store.create("p", {"submittedBy": "ann"})
+    assert store.cancel("p") == CANCEL_DONE
+    rec = store.get("p")
+    assert rec["status"] == CANCELLED and rec["stage"] == "cancelled" and "finishedAt" in rec
+    assert not store.claim("p", "d1", 60)  # a cancelled job's message is never run
+    assert store.cancel("p") is None  # final
+
+    store.create("r", {"submittedBy": "ann"})
+    assert store.claim("r", "d1", 60)
+    assert store.cancel("r") == CANCEL_REQUESTED
+    rec = store.get("r")
+    assert rec["status"] == RUNNING and rec["cancelRequested"] is True
+    assert store.heartbeat("r", "d1", 60, progress=50, stage="density")  # still its lease
+    assert not store.cancelled("r", "d2")  # only the lease holder records it
+    assert store.cancelled("r", "d1")
+    assert store.get("r")["status"] == CANCELLED
+    assert [h["status"] for h in store.get("r")["history"]][-1] == CANCELLED
+
+    store.create("c", {})
+    assert store.claim("c", "d1", 60) and store.complete("c", "d1", "x")
+    assert store.cancel("c") is None and store.get("c")["status"] == COMPLETED
+    assert store.cancel("absent") is None
+    assert [r["jobId"] for r in store.list(status=CANCELLED)] == ["r", "p"]
+
+
+def test_listing_filters_by_submitter_across_pages(store):
+    for i in range(9):
+        store.create(f"j{i}", {"submittedBy": "ann" if i % 3 else "bob"}, now=1000.0 + i)
+    assert store.claim("q", "d1", 60, params={"submittedBy": "bob"})  # first seen via queue
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.list_page(limit=2, cursor=cursor, submitted_by="ann")
+        assert len(page) <= 2
+        seen += [r["jobId"] for r in page]
+        assert all(r["submittedBy"] == "ann" for r in page)
+        if not cursor:
+            break
+    assert seen == ["j8", "j7", "j5", "j4", "j2", "j1"]
+    bob = [r["jobId"] for r in store.list_page(limit=50, submitted_by="bob")[0]]
+    assert sorted(bob) == ["j0", "j3", "j6", "q"]
+    with pytest.raises(ValueError, match="submittedBy must be a string of 1-256"):
+        store.list_page(submitted_by="")

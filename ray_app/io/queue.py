@@ -86,6 +86,18 @@ class SqsQueue:
             self._dlq_url = self.sqs.get_queue_url(QueueName=arn.split(":")[-1])["QueueUrl"]
         return self._dlq_url
 
+    def depth(self) -> dict:
+        """Approximate counts (SQS's own): visible, in flight (received or delayed), and
+        dead letters in its DLQ."""
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        a = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        dead = self.sqs.get_queue_attributes(
+            QueueUrl=self.dlq_url, AttributeNames=names[:1])["Attributes"]
+        return {"visible": int(a.get(names[0], 0)),
+                "in_flight": int(a.get(names[1], 0)) + int(a.get(names[2], 0)),
+                "dead": int(dead.get(names[0], 0))}
+
     def dead_letter(self, msg: Message, reason: str) -> None:
         """Move a message to the DLQ now (with its reason), then delete it here."""
         self.send(msg.body, url=self.dlq_url, attributes={"reason": reason})
@@ -339,5 +351,10 @@ class PriorityQueues:
         return len(chosen)
 
     def depth(self) -> dict:
-        parts = [q.depth() for q in self.queues if hasattr(q, "depth")]
-        return {k: sum(p[k] for p in parts) for k in parts[0]} if parts else {}
+        """Both queues' counts summed, dead letters counted once per DLQ (SQS: both queues
+        share one), and each queue's own under ``high`` and ``normal``."""
+        parts = {"high": self.high.depth(), "normal": self.normal.depth()}
+        out = {k: parts["high"][k] + parts["normal"][k] for k in ("visible", "in_flight")}
+        shared = self.high.dlq_url == self.normal.dlq_url
+        out["dead"] = parts["normal"]["dead"] + (0 if shared else parts["high"]["dead"])
+        return {**out, **parts}

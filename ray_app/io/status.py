@@ -6,6 +6,8 @@ Both implement the same state machine, every transition a *conditional* write::
                           ^                  |  \\--fail--> FAILED
                           +----release-------+
     RUNNING with an expired lease can be claimed again (another driver takes over).
+    PENDING --cancel--> CANCELLED; RUNNING --cancel--> RUNNING with ``cancelRequested``,
+    which its driver honours at the next stage boundary (--cancelled--> CANCELLED, no outputs).
 
 * ``claim`` succeeds only if the job is new, PENDING, or RUNNING with an expired lease, so two
   drivers never run one job at once (atomic in SQLite and in DynamoDB; moto's emulation of
@@ -19,7 +21,8 @@ Both implement the same state machine, every transition a *conditional* write::
 Records: jobId, status, progress (0-100), stage, createdAt/startedAt/updatedAt/finishedAt
 (ISO 8601 UTC), attempts, driverId, leaseExpires (epoch s), error (<= 1000 chars),
 resultPrefix, params (JSON), history (list of {t, status, progress, stage}), errorKind
-(``input``, ``operator`` or ``transient``: who must act on ``error``).
+(``input``, ``operator`` or ``transient``: who must act on ``error``), cancelRequested
+(true once a cancel was asked for a RUNNING job), submittedBy (from params, for listings).
 
 ``history`` records transitions only (a new status or a new stage), never the periodic
 heartbeats, and keeps the last :data:`MAX_HISTORY` of them: a DynamoDB item is capped at
@@ -49,8 +52,11 @@ from pathlib import Path
 from .sqlite_tx import ImmediateTx
 
 PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED"
-FINAL = (COMPLETED, FAILED)
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED)
+CANCELLED = "CANCELLED"
+FINAL = (COMPLETED, FAILED, CANCELLED)
+STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED)
+#: What :meth:`cancel` did: the job is now CANCELLED, or its driver was asked to stop.
+CANCEL_DONE, CANCEL_REQUESTED = "cancelled", "requested"
 MAX_ERROR = 1000
 #: Who must act on a failure: the submitter, the operator, or nobody (retries ran out).
 INPUT, OPERATOR, TRANSIENT = "input", "operator", "transient"
@@ -59,8 +65,12 @@ MAX_LIST = 1000
 STATUS_INDEX = "status-updatedAt"
 
 
-def validate_listing(status: str | None, limit: int) -> None:
+def validate_listing(status: str | None, limit: int, submitted_by: str | None = None) -> None:
     """Raise ValueError naming the bad value (``ray-app jobs``, the API's query string)."""
+    if submitted_by is not None and (not isinstance(submitted_by, str)
+                                     or not 1 <= len(submitted_by) <= 256):
+        raise ValueError(f"submittedBy must be a string of 1-256 characters, got "
+                         f"{submitted_by!r}")
     if status is not None and status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
@@ -116,8 +126,9 @@ class SqliteStatusStore:
                 attempts INTEGER DEFAULT 0, driverId TEXT, leaseExpires REAL, error TEXT,
                 resultPrefix TEXT, params TEXT, history TEXT DEFAULT '[]', errorKind TEXT)""")
             cols = {r["name"] for r in c.execute("PRAGMA table_info(jobs)")}
-            if "errorKind" not in cols:  # a store made by an older version
-                c.execute("ALTER TABLE jobs ADD COLUMN errorKind TEXT")
+            for col, kind in (("errorKind", "TEXT"), ("cancelRequested", "INTEGER")):
+                if col not in cols:  # a store made by an older version
+                    c.execute(f"ALTER TABLE jobs ADD COLUMN {col} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -228,6 +239,27 @@ class SqliteStatusStore:
         return self._update(job_id, "status=? AND driverId=?", (RUNNING, driver_id), sets,
                             PENDING, 0, "released", now)
 
+    def cancel(self, job_id: str, now: float | None = None) -> str | None:
+        """PENDING -> CANCELLED (:data:`CANCEL_DONE`); RUNNING -> ``cancelRequested``
+        (:data:`CANCEL_REQUESTED`, the driver stops at its next stage boundary); None when
+        the job is absent or already final."""
+        now = time.time() if now is None else now
+        if self._update(job_id, "status=?", (PENDING,),
+                        {"finishedAt": _iso(now), "cancelRequested": 1}, CANCELLED, None,
+                        "cancelled", now):
+            return CANCEL_DONE
+        if self._update(job_id, "status=?", (RUNNING,), {"cancelRequested": 1}, None, None,
+                        None, now):
+            return CANCEL_REQUESTED
+        return None
+
+    def cancelled(self, job_id: str, driver_id: str, now: float | None = None) -> bool:
+        """The lease holder honours a cancel request: RUNNING -> CANCELLED."""
+        now = time.time() if now is None else now
+        return self._update(job_id, "status=? AND driverId=?", (RUNNING, driver_id),
+                            {"finishedAt": _iso(now), "leaseExpires": None}, CANCELLED, None,
+                            "cancelled", now)
+
     def requeue(self, job_id: str, now: float | None = None) -> bool:
         """Operator redrive: FAILED -> PENDING (nothing else moves a job out of FAILED)."""
         return self._update(job_id, "status=?", (FAILED,), {"finishedAt": None},
@@ -250,14 +282,18 @@ class SqliteStatusStore:
         return _row(dict(row)) if row else None
 
     def list_page(self, status: str | None = None, limit: int = 50,
-                  cursor: str | None = None) -> tuple[list[dict], str | None]:
-        """Up to ``limit`` jobs newest first (by updatedAt, then jobId), and the cursor of
-        the next page (None after the last)."""
-        validate_listing(status, limit)
+                  cursor: str | None = None, submitted_by: str | None = None
+                  ) -> tuple[list[dict], str | None]:
+        """Up to ``limit`` jobs newest first (by updatedAt, then jobId), of one submitter if
+        ``submitted_by``, and the cursor of the next page (None after the last)."""
+        validate_listing(status, limit, submitted_by)
         where, args = [], []
         if status:
             where.append("status=?")
             args.append(status)
+        if submitted_by:
+            where.append("json_extract(params, '$.submittedBy')=?")
+            args.append(submitted_by)
         if cursor:
             after = decode_cursor(cursor, status)
             where.append("(updatedAt, jobId) < (?, ?)")
@@ -280,6 +316,10 @@ class SqliteStatusStore:
 def _row(r: dict) -> dict:
     r["history"] = json.loads(r.get("history") or "[]")
     r["params"] = json.loads(r.get("params") or "{}")
+    if r.get("cancelRequested") is not None:
+        r["cancelRequested"] = bool(r["cancelRequested"])
+    if r["params"].get("submittedBy"):
+        r["submittedBy"] = r["params"]["submittedBy"]
     return {k: v for k, v in r.items() if v is not None}
 
 
@@ -321,7 +361,7 @@ class DynamoStatusStore:
         if remove:
             expr += " REMOVE " + ", ".join(f"#{r}" for r in remove)
             names.update({f"#{r}": r for r in remove})
-        for attr in ("leaseExpires", "driverId", "errorKind"):
+        for attr in ("leaseExpires", "driverId", "errorKind", "cancelRequested"):
             if f"#{attr}" in condition:
                 names[f"#{attr}"] = attr
         try:
@@ -370,6 +410,8 @@ class DynamoStatusStore:
                 "params": json.dumps(params), "ttl": int(now + self.ttl_s),
                 "history": [{"t": _iso(now), "status": PENDING, "progress": 0,
                              "stage": "queued"}]}
+        if params.get("submittedBy"):  # top level: listings filter on it
+            item["submittedBy"] = params["submittedBy"]
         try:
             self.dynamodb.put_item(TableName=self.table,
                                    Item={k: _ddb(v) for k, v in item.items()},
@@ -397,21 +439,24 @@ class DynamoStatusStore:
     def claim(self, job_id: str, driver_id: str, lease_s: float, params: dict | None = None,
               now: float | None = None) -> bool:
         now = time.time() if now is None else now
+        sets = {"status": RUNNING, "driverId": driver_id, "leaseExpires": now + lease_s,
+                "attempts": _Raw("if_not_exists(#attempts, :zero) + :one"),
+                "startedAt": _Raw("if_not_exists(#startedAt, :now_iso)"),
+                "createdAt": _Raw("if_not_exists(#createdAt, :now_iso)"),
+                "params": _Raw("if_not_exists(#params, :params)"),
+                "ttl": _Raw("if_not_exists(#ttl, :ttl)"),
+                "updatedAt": _iso(now), "progress": 0, "stage": "claimed"}
+        values = {":pending": PENDING, ":running": RUNNING, ":now": now, ":zero": 0,
+                  ":one": 1, ":failed": FAILED, ":op": OPERATOR, ":now_iso": _iso(now),
+                  ":params": json.dumps(params or {}), ":ttl": int(now + self.ttl_s)}
+        if (params or {}).get("submittedBy"):  # a job first seen through the queue
+            sets["submittedBy"] = _Raw("if_not_exists(#submittedBy, :sb)")
+            values[":sb"] = params["submittedBy"]
         return self._cond_update(
-            job_id,
-            {"status": RUNNING, "driverId": driver_id, "leaseExpires": now + lease_s,
-             "attempts": _Raw("if_not_exists(#attempts, :zero) + :one"),
-             "startedAt": _Raw("if_not_exists(#startedAt, :now_iso)"),
-             "createdAt": _Raw("if_not_exists(#createdAt, :now_iso)"),
-             "params": _Raw("if_not_exists(#params, :params)"),
-             "ttl": _Raw("if_not_exists(#ttl, :ttl)"),
-             "updatedAt": _iso(now), "progress": 0, "stage": "claimed"},
+            job_id, sets,
             "attribute_not_exists(jobId) OR #s = :pending OR "
             "(#s = :running AND #leaseExpires < :now) OR (#s = :failed AND #errorKind = :op)",
-            {":pending": PENDING, ":running": RUNNING, ":now": now, ":zero": 0, ":one": 1,
-             ":failed": FAILED, ":op": OPERATOR,
-             ":now_iso": _iso(now), ":params": json.dumps(params or {}),
-             ":ttl": int(now + self.ttl_s)},
+            values,
             {"t": _iso(now), "status": RUNNING, "progress": 0, "stage": "claimed"},
             remove=("error", "errorKind", "finishedAt"))
 
@@ -479,6 +524,32 @@ class DynamoStatusStore:
                                  {"t": _iso(now), "status": PENDING, "stage": "released"},
                                  remove=("leaseExpires", "driverId"))
 
+    def cancel(self, job_id: str, now: float | None = None) -> str | None:
+        """PENDING -> CANCELLED (:data:`CANCEL_DONE`); RUNNING -> ``cancelRequested``
+        (:data:`CANCEL_REQUESTED`); None when the job is absent or already final."""
+        now = time.time() if now is None else now
+        if self._cond_update(job_id, {"status": CANCELLED, "stage": "cancelled",
+                                      "cancelRequested": True, "finishedAt": _iso(now),
+                                      "updatedAt": _iso(now)}, "#s = :pending",
+                             {":pending": PENDING},
+                             {"t": _iso(now), "status": CANCELLED, "stage": "cancelled"}):
+            return CANCEL_DONE
+        if self._cond_update(job_id, {"cancelRequested": True, "updatedAt": _iso(now)},
+                             "#s = :running", {":running": RUNNING}, None):
+            return CANCEL_REQUESTED
+        return None
+
+    def cancelled(self, job_id: str, driver_id: str, now: float | None = None) -> bool:
+        """The lease holder honours a cancel request: RUNNING -> CANCELLED."""
+        now = time.time() if now is None else now
+        self._stages.pop((job_id, driver_id), None)
+        return self._cond_update(
+            job_id, {"status": CANCELLED, "stage": "cancelled", "finishedAt": _iso(now),
+                     "updatedAt": _iso(now)}, "#s = :running AND #driverId = :d",
+            {":running": RUNNING, ":d": driver_id},
+            {"t": _iso(now), "status": CANCELLED, "stage": "cancelled"},
+            remove=("leaseExpires",))
+
     def requeue(self, job_id: str, now: float | None = None) -> bool:
         """Operator redrive: FAILED -> PENDING (nothing else moves a job out of FAILED)."""
         now = time.time() if now is None else now
@@ -504,7 +575,8 @@ class DynamoStatusStore:
         return out
 
     def _query(self, status: str, after: dict | None = None, page_size: int = 100,
-               filter_expr: str | None = None, filter_values: dict | None = None):
+               filter_expr: str | None = None, filter_values: dict | None = None,
+               filter_names: dict | None = None):
         """Items of one status from the status index, newest first, lazily (boto3's query
         paginator; ``after`` = the index key of the last item already seen)."""
         kwargs = {"TableName": self.table, "IndexName": STATUS_INDEX,
@@ -518,6 +590,7 @@ class DynamoStatusStore:
             kwargs["FilterExpression"] = filter_expr
             kwargs["ExpressionAttributeValues"].update(
                 {k: _ddb(v) for k, v in filter_values.items()})
+            kwargs["ExpressionAttributeNames"].update(filter_names or {})
         for page in self.dynamodb.get_paginator("query").paginate(**kwargs):
             for item in page.get("Items", []):
                 yield _py_item(item)
@@ -528,16 +601,21 @@ class DynamoStatusStore:
         return _py_item(item) if item else None
 
     def list_page(self, status: str | None = None, limit: int = 50,
-                  cursor: str | None = None) -> tuple[list[dict], str | None]:
+                  cursor: str | None = None, submitted_by: str | None = None
+                  ) -> tuple[list[dict], str | None]:
         """Up to ``limit`` jobs newest first and the cursor of the next page (None after the
         last). Each status is one partition of the index, read lazily; with no status asked
-        for, the partitions are merged newest first and the cursor keeps one position each."""
-        validate_listing(status, limit)
+        for, the partitions are merged newest first and the cursor keeps one position each.
+        ``submitted_by`` filters on the item's top-level ``submittedBy`` (DynamoDB applies
+        the filter before returning a page, so the positions stay exact)."""
+        validate_listing(status, limit, submitted_by)
         statuses = [status] if status else list(STATUSES)
         after = decode_cursor(cursor, status) if cursor else {}
+        filt = ({"filter_expr": "#sb = :sb", "filter_values": {":sb": submitted_by},
+                 "filter_names": {"#sb": "submittedBy"}} if submitted_by else {})
 
         def keyed(st):
-            for item in self._query(st, after.get(st), page_size=min(limit + 1, 100)):
+            for item in self._query(st, after.get(st), page_size=min(limit + 1, 100), **filt):
                 yield (item.get("updatedAt", ""), item["jobId"]), st, item
 
         merged = heapq.merge(*(keyed(st) for st in statuses), key=lambda t: t[0], reverse=True)
@@ -605,4 +683,6 @@ def _py_item(item: dict) -> dict:
     out = {k: _py(v) for k, v in item.items()}
     if isinstance(out.get("params"), str):
         out["params"] = json.loads(out["params"])
+    if "submittedBy" not in out and out.get("params", {}).get("submittedBy"):
+        out["submittedBy"] = out["params"]["submittedBy"]
     return out

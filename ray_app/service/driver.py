@@ -20,6 +20,11 @@ For each message:
    on its third receive the job is recorded FAILED (errorKind ``transient``) and the queue's
    redrive policy moves the message to the DLQ on the next receive.
 
+A cancel (``DELETE /jobs/{jobId}``, ``ray-app cancel``) of a RUNNING job sets
+``cancelRequested``; the driver reads it at each stage boundary and before publishing, stops
+there, records CANCELLED and deletes the message: a cancelled job's outputs are never
+published. A message of a CANCELLED job is deleted on receipt.
+
 Capacity is bounded: the driver never holds more messages than it has free job slots. On
 SIGTERM (``ray job stop``) it stops receiving, lets running jobs finish within ``drain_s``,
 releases the rest (status PENDING, message visible at once) and returns 0.
@@ -40,7 +45,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigurationError
 from ..engine.metrics import job_metrics
-from ..io.status import COMPLETED, FAILED, OPERATOR, RUNNING, TRANSIENT
+from ..io.status import CANCELLED, COMPLETED, FAILED, OPERATOR, RUNNING, TRANSIENT
 from ..pipeline.params import GAIA_SOURCES, RecoverParams
 from ..pipeline.runner import run_recovery
 from .jobspec import InvalidJob, JobSpec, parse_job
@@ -49,6 +54,10 @@ log = logging.getLogger(__name__)
 
 #: Receives after which the queue's redrive policy dead-letters a message (provision sets it).
 MAX_RECEIVES = 3
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's thread when its cancel request is seen at a stage boundary."""
 
 
 @dataclass
@@ -101,7 +110,8 @@ class Driver:
         self.work_dir = Path(self.config.work_dir or tempfile.mkdtemp(prefix="ray-app-driver-"))
         self.metrics = job_metrics()
         self.stats = {"completed": 0, "failed": 0, "skipped": 0, "dead_lettered": 0,
-                      "released": 0, "transient": 0, "operator": 0, "deferred": 0}
+                      "released": 0, "transient": 0, "operator": 0, "deferred": 0,
+                      "cancelled": 0}
 
     # ------------------------------------------------------------------ control
     def stop(self, *_args) -> None:
@@ -163,8 +173,9 @@ class Driver:
             self.queue.delete(msg.receipt)  # redelivery of finished work
             self.stats["skipped"] += 1
             return
-        if record and record["status"] == FAILED and record.get("errorKind") != OPERATOR:
-            self.queue.delete(msg.receipt)  # final; `ray-app dlq --redrive` re-opens it
+        if record and (record["status"] == CANCELLED or (
+                record["status"] == FAILED and record.get("errorKind") != OPERATOR)):
+            self.queue.delete(msg.receipt)  # final; `ray-app dlq --redrive` re-opens FAILED
             self.stats["skipped"] += 1
             return
         if self._over_user_limit(spec):
@@ -174,6 +185,9 @@ class Driver:
                                  params=spec.to_message()):
             lease = (record or {}).get("leaseExpires", time.time() + self.config.lease_s)
             self.queue.set_visibility(msg.receipt, max(1, int(lease - time.time()) + 1))
+            return
+        if record and record.get("cancelRequested"):  # asked while a dead driver held it
+            self._finish_cancel(spec, msg)
             return
         t = threading.Thread(target=self._run_job, args=(spec, msg), daemon=True,
                              name=f"job-{spec.job_id}")
@@ -194,6 +208,9 @@ class Driver:
                                           pct, stage)
                 except Exception as exc:
                     log.warning("progress of %s not recorded: %s", spec.job_id, exc)
+                progress.update(pct=pct, stage=stage)
+                self._raise_if_cancelled(spec)  # a stage boundary
+                return
             progress.update(pct=pct, stage=stage)
 
         def heartbeat() -> None:
@@ -213,6 +230,7 @@ class Driver:
             run_recovery(params, self.engine, progress=on_progress)
             if spec.job_id in self._released:
                 return
+            self._raise_if_cancelled(spec)  # the last boundary: nothing published yet
             prefix = self.results.upload(spec.job_id, out)
             done.set()  # no heartbeat may touch the message once it is being deleted
             hb.join()
@@ -223,6 +241,10 @@ class Driver:
             else:
                 log.warning("job %s: lease lost before completion; leaving the message",
                             spec.job_id)
+        except JobCancelled:
+            done.set()
+            hb.join()
+            self._finish_cancel(spec, msg)
         except ValueError as exc:  # the submitter's error: will never succeed
             reason = f"{type(exc).__name__}: {exc}"
             self.status.fail(spec.job_id, reason, driver_id=self.driver_id)
@@ -255,6 +277,24 @@ class Driver:
             if self.metrics:
                 self.metrics.running.set(self.running())
 
+    def _raise_if_cancelled(self, spec: JobSpec) -> None:
+        try:
+            record = self.status.get(spec.job_id) or {}
+        except Exception as exc:  # the store is down: keep running, ask again next stage
+            log.warning("cancel state of %s not read: %s", spec.job_id, exc)
+            return
+        if record.get("cancelRequested"):
+            raise JobCancelled(spec.job_id)
+
+    def _finish_cancel(self, spec: JobSpec, msg) -> None:
+        """Record CANCELLED (this driver holds the lease) and delete the message."""
+        if self.status.cancelled(spec.job_id, self.driver_id):
+            self.queue.delete(msg.receipt)
+            self.stats["cancelled"] += 1
+            log.info("job %s cancelled at stage boundary; no outputs published", spec.job_id)
+        else:
+            log.warning("job %s: lease lost before the cancel was recorded", spec.job_id)
+
     def _over_user_limit(self, spec: JobSpec) -> bool:
         """Whether the job's user already has ``max_running_per_user`` jobs RUNNING (on any
         driver: counted in the status store), so that one user's many jobs cannot hold every
@@ -262,10 +302,9 @@ class Driver:
         limit = self.config.max_running_per_user
         if not limit or not spec.submitted_by:
             return False
-        running, _ = self.status.list_page(status=RUNNING, limit=1000)
-        mine = sum((r.get("params") or {}).get("submittedBy") == spec.submitted_by
-                   for r in running)
-        return mine >= limit
+        running, _ = self.status.list_page(status=RUNNING, limit=limit,
+                                           submitted_by=spec.submitted_by)
+        return len(running) >= limit
 
     def _defer(self, msg) -> None:
         """Put the message back at the end of its queue, after ``defer_s``: sent again, then
