@@ -299,6 +299,57 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    from .api.keys import NAME_PATTERN, ApiKeys
+    from .service import service_from_env
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    if service_from_env().mode == "local":
+        keys = ApiKeys()
+        if not keys.list():  # a first local start: the user needs a key to open the page
+            user = os.environ.get("USER") or "admin"
+            user = user if NAME_PATTERN.fullmatch(user) else "admin"
+            key = keys.create(user, admin=True)
+            print(f"no API key yet in {keys.location}: created an admin key for "
+                  f"{user!r} (keep it; `ray-app apikey create NAME` makes more):\n{key}",
+                  flush=True)
+    from .api.deployment import serve_local
+
+    return serve_local(args.host, args.port, driver=not args.no_driver)
+
+
+def cmd_apikey(args) -> int:
+    from .api.keys import ApiKeys
+
+    keys = ApiKeys(args.keys)
+    if args.action == "create":
+        if not args.name:
+            raise ValueError("apikey create needs a NAME (the jobs' submittedBy)")
+        key = keys.create(args.name, admin=args.admin)
+        print(f"API key for {args.name!r}{' (admin)' if args.admin else ''} stored (as a "
+              f"SHA-256 digest) in {keys.location}; it is shown only now:")
+        print(key)
+    elif args.action == "revoke":
+        if not args.name:
+            raise ValueError("apikey revoke needs a NAME")
+        n = keys.revoke(args.name)
+        if not n:
+            raise ValueError(f"no API key named {args.name!r} in {keys.location}")
+        print(f"revoked {n} key(s) of {args.name!r} (replicas forget them within 15 s)")
+    else:
+        rows = keys.list()
+        print(f"{'name':<24} {'admin':<5} {'hint':<10} created")
+        for r in rows:
+            print(f"{r['name']:<24} {'yes' if r.get('admin') else 'no':<5} "
+                  f"{r.get('hint', ''):<10} {r.get('createdAt', '')}")
+        print(f"{len(rows)} key(s) in {keys.location}")
+    return 0
+
+
 def cmd_results(args) -> int:
     from .io.outputs import atomic_output_dir, check_out_dir
 
@@ -714,6 +765,33 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("job_id", help="the jobId")
     aws_flags(cn)
     cn.set_defaults(func=cmd_cancel)
+
+    se = sub.add_parser(
+        "serve", help="run the HTTP API and web page on Ray Serve (local mode: with a driver)",
+        description="The HTTP API (OpenAPI at /docs) and the web page (/) as a Ray Serve "
+                    "application on a local Ray instance. In local mode (no TABLE_NAME/"
+                    "BUCKET_NAME) it also runs the queue driver, so a POSTed job runs to "
+                    "COMPLETED with no AWS; the first start creates an admin API key. Stop "
+                    "with Ctrl-C. On a cluster use `serve deploy cluster/serve.yaml`.")
+    se.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    se.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    se.add_argument("--no-driver", action="store_true",
+                    help="API only: jobs wait for a separate `ray-app consume`")
+    se.set_defaults(func=cmd_serve)
+
+    ak = sub.add_parser(
+        "apikey", help="create, list or revoke API keys",
+        description="API keys for the HTTP API, stored as SHA-256 digests in RAY_APP_API_KEYS "
+                    "(default: $RAY_APP_HOME/apikeys.json locally, s3://$BUCKET_NAME/config/"
+                    "apikeys.json in AWS mode). `create NAME` prints the new key on its last "
+                    "line; NAME becomes the submittedBy of that key's jobs.")
+    ak.add_argument("action", choices=("create", "list", "revoke"))
+    ak.add_argument("name", nargs="?", help="the key holder's name (create, revoke)")
+    ak.add_argument("--admin", action="store_true",
+                    help="create: the key may read and cancel every user's jobs")
+    ak.add_argument("--keys", default=None, help="the key file (path or s3:// URI)")
+    ak.set_defaults(func=cmd_apikey)
 
     rs = sub.add_parser("results", help="download a job's outputs",
                         description="Copy a COMPLETED job's files (from S3, the local results "

@@ -102,6 +102,13 @@ class S3ResultStore:
                 self.s3.put_object(Bucket=self.bucket, Key=prefix + p.name, Body=fh)
         return self.uri(job_id)
 
+    def presign(self, job_id: str, name: str, expires_s: int = 3600) -> str:
+        """A time-limited HTTPS link to one of a job's files (no AWS credentials needed by
+        whoever follows it)."""
+        return self.s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.prefix(job_id) + name},
+            ExpiresIn=int(expires_s))
+
     def put_input(self, name: str, local_file: str | Path) -> str:
         """Upload an input catalogue for jobs to read (``inputs/<name>``); its s3:// URI."""
         key = f"inputs/{_input_name(name)}"

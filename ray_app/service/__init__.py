@@ -3,6 +3,7 @@ result stores from the environment (``wiring``) and the queue driver (``driver``
 each message through :mod:`ray_app.pipeline`.
 """
 
-from .wiring import Service, check_source, consume, service_from_env, submit
+from .wiring import Service, check_source, consume, enqueue, prepare, service_from_env, submit
 
-__all__ = ["Service", "check_source", "consume", "service_from_env", "submit"]
+__all__ = ["Service", "check_source", "consume", "enqueue", "prepare", "service_from_env",
+           "submit"]

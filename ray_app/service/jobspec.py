@@ -59,6 +59,39 @@ FIELDS = {
 }
 
 
+_INT, _NUM, _STR, _OBJ = {"type": "integer"}, {"type": "number"}, {"type": "string"}, \
+    {"type": "object"}
+#: JSON Schema of each field (types and bounds; :func:`parse_job` stays the validator and
+#: also checks what a schema cannot, e.g. a known streamKey or a valid region).
+_TYPES = {
+    "jobId": {**_STR, "pattern": JOB_ID_PATTERN.pattern, "minLength": 1, "maxLength": 128},
+    "streamKey": _STR, "region": _OBJ,
+    "nNeighbors": {**_INT, "minimum": 1, "maximum": 1024},
+    "sigmaThreshold": {**_NUM, "exclusiveMinimum": 0},
+    "source": {**_STR, "minLength": 1, "maxLength": 1024},
+    "columns": {**_OBJ, "additionalProperties": _STR},
+    "cache": {**_STR, "pattern": "^s3://"},
+    "shards": {**_INT, "minimum": 1, "maximum": MAX_SHARDS},
+    "priority": {**_INT, "minimum": 0, "maximum": 9},
+    "submittedBy": {**_STR, "maxLength": 256},
+    "seed": {**_INT, "minimum": 0},
+    "nBackground": {**_INT, "minimum": 0, "maximum": 10**8},
+    "nStream": {**_INT, "minimum": 0, "maximum": 10**7},
+    "memberProbability": {**_NUM, "exclusiveMinimum": 0, "maximum": 1},
+    "orientations": {**_INT, "minimum": 1, "maximum": MAX_ORIENTATIONS},
+    "surveyId": {**_STR, "minLength": 1, "maxLength": 128},
+    "photometry": {"anyOf": [_OBJ, {**_STR, "enum": ["none"]}]},
+}
+
+
+def json_schema(job_id_required: bool = True) -> dict:
+    """The job message as a JSON Schema (the API's OpenAPI request body), built from
+    :data:`FIELDS` (descriptions) and the types above: one definition of each field."""
+    return {"type": "object", "additionalProperties": False,
+            "required": ["jobId"] if job_id_required else [],
+            "properties": {name: {**_TYPES[name], "description": FIELDS[name]}
+                           for name in FIELDS}}
+
 
 @dataclass(frozen=True)
 class JobSpec:

@@ -79,16 +79,13 @@ def _with_high_queue(queue_url: str):
     return PriorityQueues(SqsQueue(high_url, client=normal.sqs), normal)
 
 
-def submit(service: Service, message: dict) -> JobSpec:
-    """Validate, record PENDING, then enqueue. Raises InvalidJob before touching anything.
-
-    If the enqueue fails, the PENDING record is deleted again (no orphan record that no
-    message will ever run) and the enqueue's error is raised.
-    """
+def prepare(service: Service, message: dict) -> JobSpec:
+    """Validate a message as this service will run it (a local path made absolute in local
+    mode, an input's readability checked in AWS mode). Raises ValueError (InvalidJob for the
+    message itself) before touching the queue or the status store."""
     if service.queue is None:
         raise ValueError("QUEUE_URL is not set (or pass --queue-url)")
     if service.mode == "local":  # the local driver reads local paths: pass it an absolute one
-
         source = message.get("source")
         if isinstance(source, str) and source != "synthetic" and source not in GAIA_SOURCES \
                 and not is_uri(source):
@@ -98,6 +95,15 @@ def submit(service: Service, message: dict) -> JobSpec:
     spec = parse_job(message)
     if service.mode != "local":
         check_source(spec.source)
+    return spec
+
+
+def enqueue(service: Service, spec: JobSpec) -> None:
+    """Record PENDING (``JobExists`` if the jobId has a record), then send the message.
+
+    If the send fails, the PENDING record is deleted again (no orphan record that no
+    message will ever run) and the send's error is raised.
+    """
     service.status.create(spec.job_id, spec.to_message())
     try:
         service.queue.send(spec.to_message())
@@ -109,6 +115,12 @@ def submit(service: Service, message: dict) -> JobSpec:
                         "(%s); remove it or submit again with the same --job-id", spec.job_id,
                         exc)
         raise
+
+
+def submit(service: Service, message: dict) -> JobSpec:
+    """Validate, record PENDING, then enqueue (:func:`prepare`, :func:`enqueue`)."""
+    spec = prepare(service, message)
+    enqueue(service, spec)
     return spec
 
 
@@ -147,6 +159,22 @@ def _env(name: str, default, cast=float):
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
+def driver_config():
+    """The driver's knobs from the environment (see :func:`consume`)."""
+    from .driver import DriverConfig
+
+    return DriverConfig(capacity=_env("RAY_APP_CAPACITY", 2, int),
+                        wait_s=_env("RAY_APP_WAIT_S", 20, int),
+                        visibility_s=_env("RAY_APP_VISIBILITY_S", 120, int),
+                        heartbeat_s=_env("RAY_APP_HEARTBEAT_S", 30),
+                        lease_s=_env("RAY_APP_LEASE_S", 120),
+                        drain_s=_env("RAY_APP_DRAIN_S", 120),
+                        backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
+                        sweep_s=_env("RAY_APP_SWEEP_S", 60),
+                        operator_backoff_s=_env("RAY_APP_OPERATOR_BACKOFF_S", 300, int),
+                        max_running_per_user=_env("RAY_APP_MAX_RUNNING_PER_USER", 1, int))
+
+
 def consume(engine_name: str = "ray", idle_polls: int | None = None,
             service: Service | None = None) -> int:
     """Run the queue driver until SIGTERM/SIGINT (or ``idle_polls`` empty polls): the body of
@@ -162,19 +190,10 @@ def consume(engine_name: str = "ray", idle_polls: int | None = None,
     import signal
 
     from ..engine.engines import default_engine
-    from .driver import Driver, DriverConfig
+    from .driver import Driver
 
     service = service or service_from_env()
-    config = DriverConfig(capacity=_env("RAY_APP_CAPACITY", 2, int),
-                          wait_s=_env("RAY_APP_WAIT_S", 20, int),
-                          visibility_s=_env("RAY_APP_VISIBILITY_S", 120, int),
-                          heartbeat_s=_env("RAY_APP_HEARTBEAT_S", 30),
-                          lease_s=_env("RAY_APP_LEASE_S", 120),
-                          drain_s=_env("RAY_APP_DRAIN_S", 120),
-                          backoff_s=_env("RAY_APP_BACKOFF_S", 10, int),
-                          sweep_s=_env("RAY_APP_SWEEP_S", 60),
-                          operator_backoff_s=_env("RAY_APP_OPERATOR_BACKOFF_S", 300, int),
-                          max_running_per_user=_env("RAY_APP_MAX_RUNNING_PER_USER", 1, int))
+    config = driver_config()
     engine = default_engine(engine_name)  # ray.init happens here ...
     driver = Driver(service.queue, service.status, service.results, engine, config)
     signal.signal(signal.SIGTERM, driver.stop)  # ... so our handlers are installed after it
