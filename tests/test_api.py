@@ -3,12 +3,11 @@ server): auth and ownership, bad bodies, idempotent POST (also under concurrency
 queue limits, rate limits, cancel in each state, results links, catalogue, queue, health."""
 
 import threading
-import time
 
 import pytest
 import requests
-
 from api_server import serving
+
 from ray_app.api.app import Settings, create_app
 from ray_app.api.keys import ApiKeys
 from ray_app.engine.engines import InProcessEngine
