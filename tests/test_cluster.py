@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = yaml.safe_load((REPO / "cluster.yaml").read_text())
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 RAY_VERSION = next(d.split("==")[1] for d in PYPROJECT["project"]["dependencies"]
-                   if d.startswith("ray[default]=="))
+                   if d.startswith("ray[") and "==" in d)
 VERSION = PYPROJECT["project"]["version"]
 
 
@@ -136,7 +136,8 @@ IAM_NAME = {"s3:ListObjectsV2": "s3:ListBucket", "s3:HeadBucket": "s3:ListBucket
             "s3:PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
             "s3:DeleteObjects": "s3:DeleteObject", "s3:HeadObject": "s3:GetObject"}
 # high-level helpers -> the operation they perform
-HELPERS = {("s3", "download_file"): "GetObject", ("s3", "upload_file"): "PutObject"}
+HELPERS = {("s3", "download_file"): "GetObject", ("s3", "upload_file"): "PutObject",
+           ("s3", "generate_presigned_url"): "GetObject"}  # signs a GetObject for others
 CLIENTS = ("sqs", "s3", "dynamodb")
 
 

@@ -89,8 +89,13 @@ def prepare(service: Service, message: dict) -> JobSpec:
         source = message.get("source")
         if isinstance(source, str) and source != "synthetic" and source not in GAIA_SOURCES \
                 and not is_uri(source):
-            if not Path(source).exists():
-                raise ValueError(f"source {source!r} does not exist")
+            try:
+                exists = Path(source).exists()
+            except (OSError, ValueError) as exc:  # a name too long, a NUL byte ...
+                raise ValueError(f"source {source[:80]!r} is not a usable path: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+            if not exists:
+                raise ValueError(f"source {source[:200]!r} does not exist")
             message = {**message, "source": str(Path(source).resolve())}
     spec = parse_job(message)
     if service.mode != "local":
