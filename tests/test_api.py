@@ -274,3 +274,25 @@ def test_aws_mode_over_moto(aws, monkeypatch):
         got = requests.get(link)  # a presigned link: no key, no AWS credentials
         assert got.status_code == 200 and got.json() is not None
         assert requests.get(f"{url}/health").json()["mode"] == "aws"
+
+
+def test_apikey_and_cancel_commands(capsys):
+    from ray_app.cli import main
+
+    assert main(["apikey", "create", "zed"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ApiKeys().lookup(key).name == "zed"
+    assert main(["apikey", "create", "bad name"]) == 2
+    assert "A-Za-z0-9" in capsys.readouterr().err
+    assert main(["apikey", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "zed" in listing and key not in listing
+    assert main(["apikey", "revoke", "nobody"]) == 2
+    assert main(["apikey", "revoke", "zed"]) == 0 and ApiKeys().lookup(key) is None
+    svc = service_from_env()
+    svc.status.create("c1", {"submittedBy": "zed"})
+    capsys.readouterr()
+    assert main(["cancel", "c1"]) == 0 and "CANCELLED" in capsys.readouterr().out
+    assert main(["cancel", "c1"]) == 2 and "is CANCELLED" in capsys.readouterr().err
+    assert main(["cancel", "absent"]) == 2
+    assert main(["status", "c1"]) == 0  # a final state: no --watch loop

@@ -38,22 +38,36 @@ def test_a_priority_9_job_overtakes_a_queue_of_0s():
     assert order[0] == "urgent", order
 
 
-def test_three_users_start_before_one_users_many_jobs_finish():
-    """One user submits 10 jobs, then three users one each; with one running job per user,
-    the three start before the ten are done."""
+def test_three_users_start_before_one_users_thirty_jobs_finish():
+    """One user POSTs 30 jobs through the HTTP API, then three users one each; with one
+    running job per user, the three start before the thirty are done."""
+    import requests
+    from api_server import serving
+
+    from ray_app.api.app import Settings, create_app
+    from ray_app.api.keys import ApiKeys
+
     svc = service_from_env()
-    for i in range(10):
-        submit(svc, {"jobId": f"many-{i}", **TINY, "submittedBy": "alice"})
-    for who in ("bob", "carol", "dave"):
-        submit(svc, {"jobId": f"one-{who}", **TINY, "submittedBy": who})
-    recs, driver = _drain(svc, 13, capacity=2, max_running_per_user=1)
-    alice_done = max(recs[f"many-{i}"]["finishedAt"] for i in range(10))
+    keys = ApiKeys()
+    auth = {who: {"Authorization": f"Bearer {keys.create(who)}"}
+            for who in ("alice", "bob", "carol", "dave")}
+    with serving(create_app(svc, keys, Settings(rate=0, burst=1, max_queued=30))) as url:
+        for i in range(30):
+            assert requests.post(f"{url}/jobs", json={"jobId": f"many-{i}", **TINY},
+                                 headers=auth["alice"]).status_code == 202
+        assert requests.post(f"{url}/jobs", json={"jobId": "many-30", **TINY},
+                             headers=auth["alice"]).status_code == 429  # her queue is full
+        for who in ("bob", "carol", "dave"):
+            assert requests.post(f"{url}/jobs", json={"jobId": f"one-{who}", **TINY},
+                                 headers=auth[who]).status_code == 202
+    recs, driver = _drain(svc, 33, capacity=2, max_running_per_user=1)
+    alice_done = max(recs[f"many-{i}"]["finishedAt"] for i in range(30))
     for who in ("bob", "carol", "dave"):
         assert recs[f"one-{who}"]["startedAt"] < alice_done, who
     assert driver.stats["deferred"] > 0
     # never two of alice's jobs at once: her jobs' running intervals do not overlap
     spans = sorted((recs[f"many-{i}"]["startedAt"], recs[f"many-{i}"]["finishedAt"])
-                   for i in range(10))
+                   for i in range(30))
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
     # waiting its turn never cost a job a receive: nothing was dead-lettered
     assert svc.queue.list_dead(10) == []
