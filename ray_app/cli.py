@@ -786,7 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: $RAY_APP_HOME/apikeys.json locally, s3://$BUCKET_NAME/config/"
                     "apikeys.json in AWS mode). `create NAME` prints the new key on its last "
                     "line; NAME becomes the submittedBy of that key's jobs.")
-    ak.add_argument("action", choices=("create", "list", "revoke"))
+    ak.add_argument("action", choices=("create", "list", "revoke"),
+                    help="create a key for NAME, list the keys, or revoke NAME's keys")
     ak.add_argument("name", nargs="?", help="the key holder's name (create, revoke)")
     ak.add_argument("--admin", action="store_true",
                     help="create: the key may read and cancel every user's jobs")
@@ -852,35 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def unavailable(exc: BaseException) -> str | None:
     """One line for an operational failure (a service we could not use), or None."""
-    from .data.gaia import GaiaArchiveUnavailable
+    from .io.aws import unavailable_line
 
-    if isinstance(exc, GaiaArchiveUnavailable):
-        return (f"the Gaia archive is unavailable: {exc}; retries with backoff were "
-                "exhausted. Try again later (fetched chunks stay cached), or set "
-                "RAY_APP_GAIA_URL to a mirror")
-    try:
-        from botocore.exceptions import (
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            NoRegionError,
-        )
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return None
-    if isinstance(exc, EndpointConnectionError):
-        return (f"AWS endpoint unreachable: {exc.kwargs.get('endpoint_url')} (boto3 retried "
-                "in standard mode). Check AWS_ENDPOINT_URL / AWS_DEFAULT_REGION and the "
-                "network, or unset TABLE_NAME/BUCKET_NAME/QUEUE_URL for the local mode")
-    if isinstance(exc, NoCredentialsError):
-        return ("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY (or use the local mode: no TABLE_NAME/BUCKET_NAME)")
-    if isinstance(exc, NoRegionError):
-        return "no AWS region configured: set AWS_DEFAULT_REGION"
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return (f"AWS refused {exc.operation_name}: {err.get('Code')}: {err.get('Message')}. "
-                "Check the IAM policy (cluster/iam-*.json) and the resource names")
-    return None
+    return unavailable_line(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -296,3 +296,22 @@ def test_apikey_and_cancel_commands(capsys):
     assert main(["cancel", "c1"]) == 2 and "is CANCELLED" in capsys.readouterr().err
     assert main(["cancel", "absent"]) == 2
     assert main(["status", "c1"]) == 0  # a final state: no --watch loop
+
+
+def test_an_unreachable_aws_endpoint_is_one_line_503(aws, monkeypatch):
+    monkeypatch.setenv("QUEUE_URL", aws["queue_url"])
+    monkeypatch.setenv("TABLE_NAME", aws["table"])
+    monkeypatch.setenv("BUCKET_NAME", aws["bucket"])
+    keys = ApiKeys()
+    ann = _h(keys.create("ann"))
+    keys.lookup(ann["Authorization"][7:])  # the key file is read while S3 answers
+    from api_server import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with serving(create_app(None, keys, Settings(rate=0, burst=1, max_queued=0))) as url:
+        r = requests.get(f"{url}/jobs/x", headers=ann)
+        assert r.status_code == 503 and "AWS endpoint unreachable" in r.json()["detail"]
+        assert r.headers["Retry-After"]
+        h = requests.get(f"{url}/health")
+        assert h.status_code == 503 and "unreachable" in h.json()["checks"]["service"]

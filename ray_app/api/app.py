@@ -8,7 +8,8 @@ Every route but ``/``, ``/health``, ``/docs`` and ``/openapi.json`` needs
 unless the key is an admin's. Each key is rate limited (a token bucket per replica).
 
 Errors are JSON ``{"detail": "<one line naming the field, the value and what is allowed>"}``
-with 401, 403, 404, 409, 422, 429 (with ``Retry-After``) or 503; never a 500 for bad input.
+with 401, 403, 404, 409, 422, 429 (with ``Retry-After``) or 503 (a store or the queue does not
+answer: the line says which and what to check); never a 500 for bad input.
 """
 
 import json
@@ -26,6 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from ..core.errors import ConfigurationError
 from ..data.registry import all_streams, get_stream
+from ..io.aws import unavailable_line
 from ..io.ids import InvalidJob, new_job_id, validate_job_id
 from ..io.results import MANIFEST
 from ..io.status import (
@@ -191,6 +193,17 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
         if value is not None and not isinstance(value, dict):
             line += f", got {str(value)[:80]!r}"
         return JSONResponse({"detail": line}, status_code=422)
+
+    def _unavailable(_request: Request, exc: Exception):
+        line = unavailable_line(exc) or f"a service is unavailable: {type(exc).__name__}: {exc}"
+        return JSONResponse({"detail": line}, status_code=503, headers={"Retry-After": "30"})
+
+    import sqlite3
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for kind in (sqlite3.Error, BotoCoreError, ClientError):  # the stores, not the request
+        app.add_exception_handler(kind, _unavailable)
 
     @app.exception_handler(ConfigurationError)
     def _operator(_request: Request, exc: ConfigurationError):
@@ -407,7 +420,8 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
             service = svc()
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "checks": {
-                "configuration": f"{type(exc).__name__}: {exc}"}}, status_code=503)
+                "service": unavailable_line(exc) or f"{type(exc).__name__}: {exc}"}},
+                status_code=503)
         for name, probe in (("status", lambda: service.status.list_page(limit=1)),
                             ("queue", service.queue.depth)):
             try:
@@ -415,7 +429,7 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
                 checks[name] = "ok"
             except Exception as exc:
                 ok = False
-                checks[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                checks[name] = unavailable_line(exc) or f"{type(exc).__name__}: {exc}"[:300]
         return JSONResponse({"status": "ok" if ok else "unavailable", "mode": service.mode,
                              "checks": checks}, status_code=200 if ok else 503)
 
