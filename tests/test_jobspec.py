@@ -73,3 +73,10 @@ def test_cache_member_probability_and_photometry_fields():
                         ({"photometry": {"magnitude": "g"}}, "photometry")):
         with pytest.raises(InvalidJob, match=needle):
             parse_job({"jobId": "c-2", "streamKey": "gd-1", **bad})
+
+
+def test_a_null_region_is_refused_not_a_crash():
+    # found by schemathesis through the API: {"region": null} raised KeyError('streamKey')
+    for region in (None, [], "cone"):
+        with pytest.raises(InvalidJob, match="region must be an object"):
+            parse_job({"jobId": "j", "region": region})

@@ -205,6 +205,12 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
     for kind in (sqlite3.Error, BotoCoreError, ClientError):  # the stores, not the request
         app.add_exception_handler(kind, _unavailable)
 
+    @app.exception_handler(Exception)
+    def _bug(_request: Request, exc: Exception):  # a defect of ours: JSON too, and logged
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}): please "
+                                       "report it; the server log has the traceback"},
+                            status_code=500)
+
     @app.exception_handler(ConfigurationError)
     def _operator(_request: Request, exc: ConfigurationError):
         return JSONResponse({"detail": f"server configuration: {exc}"}, status_code=503)

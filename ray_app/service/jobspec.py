@@ -178,7 +178,10 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
             raise ValueError("give exactly one of streamKey (a registry stream, see `ray-app "
                              "catalog`) and region (a blind search)")
         region = msg.get("region")
-        if region is not None:
+        if "region" in msg:
+            if not isinstance(region, dict):
+                raise ValueError(f"region must be an object ({FIELDS['region']}), got "
+                                 f"{region!r}")
             parse_region(region)  # validated here: a bad region never reaches a driver
             key = None
         else:
