@@ -12,7 +12,7 @@ Prints three tables (and writes each survey's map.png):
    actors (stars searched per second, whole campaign).
 
 Usage: python benchmarks/survey_benchmark.py [--out DIR] [--density-scale 0.01]
-       [--members 1000 200] [--skip-throughput]
+       [--members 1000 200] [--skip-throughput | --throughput-only]
 """
 
 from __future__ import annotations
@@ -65,12 +65,16 @@ def main() -> None:
     ap.add_argument("--density-scale", type=float, default=0.01)
     ap.add_argument("--members", type=int, nargs="+", default=[1000, 200])
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only table 3 (the local Ray pool's throughput)")
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     engine = InProcessEngine("cpu")
     results = {}
 
+    if args.throughput_only:
+        args.members = []
     print("## completeness (in-process engine, 2 patches at a time)")
     print("| stream members | area deg^2 | patches | stars | found | missed | candidates "
           "| false | false / 1000 deg^2 | minutes |")
@@ -91,6 +95,14 @@ def main() -> None:
                   f"match {r[4]}, patches {r[5]}")
 
     print("\n## null: the same area and field, no stream")
+    if args.throughput_only:
+        print("(skipped: --throughput-only)")
+    else:
+        _null_table(root, engine, args, results)
+    throughput(root, args, results)
+
+
+def _null_table(root, engine, args, results) -> None:
     state, secs = survey(root / "null", engine, region=AREA,
                          density_scale=args.density_scale, seed=1)
     s = score(root / "null", (), state["params"].area_deg2)
@@ -100,6 +112,8 @@ def main() -> None:
     print(f"| {state['params'].area_deg2:.0f} | {len(state['params'].patches)} | "
           f"{state['throughput']['stars_searched']} | {s['candidates']} | {secs / 60:.1f} |")
 
+
+def throughput(root, args, results) -> None:
     if not args.skip_throughput:
         from ray_app.engine.engines import RayEngine
 

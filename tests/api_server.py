@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_app_serve(home, timeout_s: float = 180):
+def ray_app_serve(home, timeout_s: float = 180, extra_args: tuple = ()):
     """``ray-app serve`` in a subprocess (local Ray, Serve, the local driver) on a free port;
     yields (base URL, the admin key its first start printed, the process)."""
     import os
@@ -50,8 +50,10 @@ def ray_app_serve(home, timeout_s: float = 180):
     port = free_port()
     env = {**os.environ, "RAY_APP_HOME": str(home), "USER": "tester",
            "RAY_AUTH_MODE": "disabled", "RAY_APP_WAIT_S": "1", "PYTHONUNBUFFERED": "1"}
+    Path(home).parent.mkdir(parents=True, exist_ok=True)
     log = open(Path(home).parent / "serve.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "ray_app", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "ray_app", "serve", "--port", str(port),
+                             *extra_args],
                             stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     deadline = time.monotonic() + timeout_s

@@ -200,3 +200,45 @@ def test_removing_a_node_mid_job_gives_identical_outputs(cluster, catalogue):
     # give the module's cluster back its two GPU workers
     if gone != spare.node_id:
         workers[:] = [w for w in workers if w.node_id != gone] + [spare]
+
+
+def test_null_calibration_on_the_actors_equals_the_in_process_one(cluster, catalogue):
+    """The null copies' kNN runs on the pool's (GPU-node) actors, all copies at once; the
+    null model is the one the driver's process would have computed, bit for bit."""
+    from ray_app.core.recovery import calibrate_null
+    from ray_app.engine.engines import InProcessEngine, RayEngine
+
+    X, sid = catalogue
+    cell = (2.0, 2.0)
+    reference = calibrate_null(X, sid, 16, seed=5, max_stars=3000, rounds=6, shuffle_cell=cell)
+    engine = RayEngine(num_gpus_per_actor=1, max_actors=2, idle_release_s=600)
+    assert engine.null_on_pool  # GPU actors: the copies go to them
+    try:
+        models = [calibrate_null(X, sid, 16, seed=5, max_stars=3000, rounds=6,
+                                 shuffle_cell=cell, diagrams_of=e.null_diagrams)
+                  for e in (engine, InProcessEngine("cpu"))]
+        actors = engine.pool.size()  # the copies were measured by actors
+    finally:
+        engine.close()
+    for null in models:
+        assert null.threshold == reference.threshold and null.scale == reference.scale
+        np.testing.assert_array_equal(null.sorted_null, reference.sorted_null)
+        np.testing.assert_array_equal(null.essential_null, reference.essential_null)
+        assert null.background_ceiling == reference.background_ceiling
+    assert actors >= 1
+
+
+def test_null_on_pool_defaults_to_gpu_actors_only(cluster, monkeypatch):
+    from ray_app.core.errors import ConfigurationError
+    from ray_app.engine.engines import RayEngine
+
+    cpu = RayEngine(num_gpus_per_actor=0, max_actors=1)
+    assert not cpu.null_on_pool  # CPU actors: the driver's cKDTree (all cores) is faster
+    cpu.pool.shutdown()
+    monkeypatch.setenv("RAY_APP_NULL_ON_POOL", "1")
+    forced = RayEngine(num_gpus_per_actor=0, max_actors=1)
+    assert forced.null_on_pool
+    forced.pool.shutdown()
+    monkeypatch.setenv("RAY_APP_NULL_ON_POOL", "maybe")
+    with pytest.raises(ConfigurationError, match="RAY_APP_NULL_ON_POOL"):
+        RayEngine(num_gpus_per_actor=1, max_actors=1)

@@ -172,37 +172,51 @@ def local_permutation(X: np.ndarray, cell, rng: np.random.Generator) -> np.ndarr
     return perm
 
 
-def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MAX_STARS,
-                   rounds: int = NULL_ROUNDS, shuffle_cell=None) -> NullModel:
-    """Null model from shuffled copies of the job's own stars (see significance.py).
+def null_copies(X, source_id, seed: int = 0, max_stars: int = NULL_MAX_STARS,
+                rounds: int = NULL_ROUNDS, shuffle_cell=None) -> list[tuple[np.ndarray,
+                                                                           np.ndarray]]:
+    """The shuffled copies of the job's stars that :func:`calibrate_null` measures.
 
-    Each round subsamples at most ``max_stars`` stars, permutes their kinematic features
-    (columns 2-4: proper motions and parallax, jointly) across stars, and computes the copy's
-    diagram. The kNN density estimates a probability density, so a subsample estimates the
-    same density levels as the full job.
-
-    ``shuffle_cell`` (widths along feature columns 0 and 1) restricts the permutation to stars
-    in the same position cell: the field's large-scale kinematic gradients (the solar reflex
-    changes across a long footprint) survive in the null, while a stream, narrow on the sky and
-    coherent in motion, is still destroyed. ``None`` permutes across the whole job.
+    Each of ``rounds`` copies subsamples at most ``max_stars`` stars and permutes their
+    kinematic features (columns 2-4: proper motions and parallax, jointly) across stars, within
+    position cells of ``shuffle_cell`` (widths along feature columns 0 and 1; ``None``: across
+    the whole job). Returns ``(X_copy, source_id_copy)`` pairs.
     """
     rng = np.random.default_rng(seed)
     n = len(X)
-    diagrams = []
+    out = []
     for _ in range(rounds):
         rows = np.sort(rng.choice(n, size=max_stars, replace=False)) if n > max_stars \
             else np.arange(n)
         Xs = X[rows].copy()
         Xs[:, 2:] = Xs[local_permutation(Xs, shuffle_cell, rng), 2:]
-        sid = np.asarray(source_id)[rows]
-        d = density(Xs, sid, min(k, len(rows) - 1))
-        diagrams.append((d.log_density, diagram(d.log_density, sid, d.indices)))
+        out.append((Xs, np.asarray(source_id)[rows]))
+    return out
+
+
+def null_copy_k(k: int, n_copy: int) -> int:
+    """The neighbour count a copy of ``n_copy`` stars is measured with."""
+    return min(k, n_copy - 1)
+
+
+def copy_diagrams(copies, k: int) -> list[tuple[np.ndarray, Persistence]]:
+    """Log-density and diagram of each null copy, in this process."""
+    out = []
+    for Xs, sid in copies:
+        d = density(Xs, sid, null_copy_k(k, len(Xs)))
+        out.append((d.log_density, diagram(d.log_density, sid, d.indices)))
+    return out
+
+
+def null_from_diagrams(diagrams, n: int, k: int, max_stars: int = NULL_MAX_STARS
+                       ) -> NullModel:
+    """The null model of a job of ``n`` stars from its copies' ``(log_density, diagram)``."""
     finite = np.concatenate([f[p.peak] - f[p.saddle] for f, p in diagrams])
     if len(finite) < 8:
         raise ValueError(
             f"significance calibration needs at least 8 noise peaks; {n} stars at "
-            f"nNeighbors={k} give {len(finite)} in {rounds} shuffled copies: use more stars "
-            "or a smaller nNeighbors")
+            f"nNeighbors={k} give {len(finite)} in {len(diagrams)} shuffled copies: use more "
+            "stars or a smaller nNeighbors")
     null = fit_null(finite)
     # The background's highest density in a copy of n_sub stars; a job with more stars samples
     # the same background more often: its maximum rises by lambda * ln(N / n_sub) in the
@@ -213,6 +227,25 @@ def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MA
     ess = np.concatenate([eff[~field] for _, eff, field in keyed])
     return replace(null, essential_null=np.sort(ess[np.isfinite(ess)]),
                    background_ceiling=float(ceiling))
+
+
+def calibrate_null(X, source_id, k: int, seed: int = 0, max_stars: int = NULL_MAX_STARS,
+                   rounds: int = NULL_ROUNDS, shuffle_cell=None, diagrams_of=None
+                   ) -> NullModel:
+    """Null model from shuffled copies of the job's own stars (see significance.py).
+
+    The copies (:func:`null_copies`) keep the field's large-scale kinematic gradients (the
+    solar reflex changes across a long footprint) when ``shuffle_cell`` is given, while a
+    stream, narrow on the sky and coherent in motion, is destroyed. The kNN density estimates
+    a probability density, so a subsample estimates the same density levels as the full job.
+
+    ``diagrams_of(copies, k)`` measures the copies (default :func:`copy_diagrams`, in this
+    process; an engine passes its own, so the copies' kNN runs on its actors); it must return
+    what :func:`copy_diagrams` returns, which the exact sharded merge does.
+    """
+    copies = null_copies(X, source_id, seed, max_stars, rounds, shuffle_cell)
+    diagrams = (diagrams_of or copy_diagrams)(copies, k)
+    return null_from_diagrams(diagrams, len(X), k, max_stars)
 
 
 def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullModel,

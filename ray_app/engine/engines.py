@@ -16,6 +16,8 @@ import uuid
 import numpy as np
 
 from ..core.errors import ConfigurationError
+from ..core.persistence import merge_forests
+from ..core.recovery import copy_diagrams, null_copy_k
 from ..core.sharding import check_k_servable, choose_shard_count
 from .orchestrate import (
     InProcessExecutor,
@@ -65,6 +67,13 @@ def _memory_per_actor(value: int | None) -> int:
     return env_number("RAY_APP_MEMORY_PER_ACTOR", DEFAULT_MEMORY_PER_ACTOR)
 
 
+def _copy_diagram(engine, Xs, sid, k: int):
+    """One null copy's log-density and diagram through the engine's own sharded path: the
+    exact merge gives what :func:`ray_app.core.recovery.copy_diagrams` gives in-process."""
+    sd = engine.density_and_forests(Xs, sid, null_copy_k(k, len(Xs)))
+    return sd.log_density, merge_forests(sd.log_density, sid, sd.forests)
+
+
 def plan_shard_count(n_stars: int, k: int, d: int, host_bytes: int, requested: int | None,
                      device: int | None, device_source: str) -> tuple[int, dict]:
     """Shard count from the host budget and the GPU memory, and the plan for metadata.json."""
@@ -98,6 +107,10 @@ class InProcessEngine:
                                           n_shards, progress=progress)
         out.memory_plan = plan
         return out
+
+    def null_diagrams(self, copies, k: int) -> list:
+        """Log-density and diagram of each null copy (see ``core.recovery.calibrate_null``)."""
+        return [_copy_diagram(self, Xs, sid, k) for Xs, sid in copies]
 
     def close(self) -> None:
         pass
@@ -195,6 +208,11 @@ class RayEngine:
                              f"({per_actor:g} per density actor) but this local Ray instance "
                              f"has {cpus:g}: lower --max-actors or raise --num-cpus")
         self.memory_per_actor = _memory_per_actor(memory_per_actor)
+        on_pool = os.environ.get("RAY_APP_NULL_ON_POOL", "auto")
+        if on_pool not in ("auto", "0", "1"):
+            raise ConfigurationError(f"RAY_APP_NULL_ON_POOL must be auto, 0 or 1, got "
+                                     f"{on_pool!r}")
+        self.null_on_pool = num_gpus_per_actor > 0 if on_pool == "auto" else on_pool == "1"
         self.pool = DensityPool(max_actors=max_actors, num_gpus=num_gpus_per_actor,
                                 num_cpus=per_actor,
                                 prefer_backend=prefer_backend, idle_release_s=idle_release_s,
@@ -224,6 +242,23 @@ class RayEngine:
                                           progress=progress)
         out.memory_plan = plan
         return out
+
+    def null_diagrams(self, copies, k: int) -> list:
+        """Log-density and diagram of each null copy.
+
+        With GPU actors (or ``RAY_APP_NULL_ON_POOL=1``) the copies' kNN runs on the pool's
+        actors, all copies in flight at once, instead of in the driver's process one after
+        the other (a cluster's CPU head is then free for the next job). Otherwise in this
+        process: with CPU actors on one machine the driver's cKDTree, which uses every core,
+        is faster than one-CPU actors (measured, benchmarks/RESULTS.md).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.null_on_pool:
+            return copy_diagrams(copies, k)
+        with ThreadPoolExecutor(max_workers=max(1, len(copies)),
+                                thread_name_prefix="null-copy") as threads:
+            return list(threads.map(lambda c: _copy_diagram(self, c[0], c[1], k), copies))
 
     def close(self) -> None:
         self.pool.shutdown()

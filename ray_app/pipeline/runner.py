@@ -623,7 +623,8 @@ def _search(params: RecoverParams, engine, raw: dict, sid, track, tilt: float,
     pers = merge_forests(sharded.log_density, sid, sharded.forests)
     t2 = time.perf_counter()
     null = calibrate_null(X, sid, params.n_neighbors, seed=params.seed,
-                          shuffle_cell=null_shuffle_cell(scales))
+                          shuffle_cell=null_shuffle_cell(scales),
+                          diagrams_of=getattr(engine, "null_diagrams", None))
     cres = candidates(pers, sharded.log_density, params.sigma_threshold, null,
                       n_searches=n_searches)
     t3 = time.perf_counter()
