@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigurationError
 from ..engine.metrics import job_metrics
-from ..io.status import CANCELLED, COMPLETED, FAILED, OPERATOR, RUNNING, TRANSIENT
+from ..io.status import CANCELLED, COMPLETED, FAILED, MAX_LIST, OPERATOR, RUNNING, TRANSIENT
 from ..pipeline.params import GAIA_SOURCES, RecoverParams
 from ..pipeline.runner import run_recovery
 from .jobspec import InvalidJob, JobSpec, parse_job
@@ -302,7 +302,7 @@ class Driver:
         limit = self.config.max_running_per_user
         if not limit or not spec.submitted_by:
             return False
-        running, _ = self.status.list_page(status=RUNNING, limit=limit,
+        running, _ = self.status.list_page(status=RUNNING, limit=min(limit, MAX_LIST),
                                            submitted_by=spec.submitted_by)
         return len(running) >= limit
 
