@@ -191,9 +191,11 @@ def test_queued_jobs_per_user_are_limited(keys):
                              headers=ann).status_code == 200
         assert requests.post(f"{url}/jobs", json={"jobId": "b0", **TINY},
                              headers=_h(keys["bob"])).status_code == 202
-        body = requests.get(f"{url}/queue", headers=ann).json()
-        assert body["pendingPerUser"] == {"ann": 2, "bob": 1}
+        body = requests.get(f"{url}/queue", headers=_h(keys["root"])).json()
+        assert body["pendingPerUser"] == {"ann": 2, "bob": 1} and body["pendingJobs"] == 3
         assert body["queue"]["visible"] == 3 and body["maxQueuedPerUser"] == 2
+        mine = requests.get(f"{url}/queue", headers=ann).json()  # not other users' names
+        assert mine["pendingPerUser"] == {"ann": 2} and mine["pendingJobs"] == 3
 
 
 def test_requests_per_key_are_rate_limited(keys):

@@ -398,17 +398,17 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
              summary="Queued, in flight and dead-lettered messages; jobs per user")
     def queue(who: User):
         service = svc()
-        depth = service.queue.depth()
-        per_user = {}
+        out = {"queue": service.queue.depth(), "maxQueuedPerUser": conf().max_queued,
+               "truncated": False}
         for st in (PENDING, RUNNING):
             rows, more = service.status.list_page(status=st, limit=MAX_LIST)
-            per_user[st.lower()] = dict(Counter(
-                (r.get("params") or {}).get("submittedBy") or "-" for r in rows))
-            per_user[st.lower() + "Truncated"] = more is not None
-        return {"queue": depth, "pendingPerUser": per_user["pending"],
-                "runningPerUser": per_user["running"],
-                "truncated": per_user["pendingTruncated"] or per_user["runningTruncated"],
-                "maxQueuedPerUser": conf().max_queued}
+            counts = Counter((r.get("params") or {}).get("submittedBy") or "-" for r in rows)
+            out[f"{st.lower()}Jobs"] = len(rows)
+            # other users' names are an admin's to see; a user sees their own count
+            out[f"{st.lower()}PerUser"] = dict(counts) if who.admin else {
+                who.name: counts.get(who.name, 0)}
+            out["truncated"] = out["truncated"] or more is not None
+        return out
 
     @app.get("/health", tags=["service"], summary="Whether the stores answer (no key needed)")
     def health():
