@@ -317,3 +317,31 @@ def test_an_unreachable_aws_endpoint_is_one_line_503(aws, monkeypatch):
         assert r.headers["Retry-After"]
         h = requests.get(f"{url}/health")
         assert h.status_code == 503 and "unreachable" in h.json()["checks"]["service"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_concurrent_key_changes_lose_nothing(where, request, tmp_path):
+    """Two operators (here 8 writers, each its own ApiKeys as another process would be) create
+    keys at once: the file is changed under a lock (local) or by S3 conditional writes."""
+    if where == "s3":
+        aws = request.getfixturevalue("aws")
+        location = f"s3://{aws['bucket']}/config/apikeys.json"
+    else:
+        location = str(tmp_path / "keys" / "apikeys.json")
+    barrier = threading.Barrier(8)
+    made = {}
+
+    def create(i):
+        store = ApiKeys(location)
+        barrier.wait()
+        made[f"op{i}"] = store.create(f"op{i}")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = ApiKeys(location)
+    assert sorted(r["name"] for r in store.list()) == sorted(made)
+    assert all(store.lookup(k).name == name for name, k in made.items())
+    assert store.revoke("op3") == 1 and store.lookup(made["op3"]) is None
