@@ -80,3 +80,26 @@ def test_a_null_region_is_refused_not_a_crash():
     for region in (None, [], "cone"):
         with pytest.raises(InvalidJob, match="region must be an object"):
             parse_job({"jobId": "j", "region": region})
+
+
+def test_the_api_schema_and_the_parser_agree_on_every_bound():
+    """The OpenAPI body schema is built from the parser's own tables: each integer field's
+    bounds are exactly where parse_job starts refusing."""
+    from ray_app.service.jobspec import FIELDS, json_schema
+
+    props = json_schema()["properties"]
+    assert set(props) == set(FIELDS)
+    stream = {"jobId": "j", "streamKey": "gd-1"}
+    blind = {"jobId": "j", "region": {"cone": {"center": [150, 30], "radius": 5}}}
+    for name, spec in props.items():
+        if spec.get("type") != "integer":
+            continue
+        base = blind if name == "orientations" else stream  # a scan needs a blind region
+        lo = spec["minimum"]
+        assert parse_job({**base, name: lo}), name
+        with pytest.raises(InvalidJob, match=name):
+            parse_job({**base, name: lo - 1})
+        if "maximum" in spec:
+            assert parse_job({**base, name: spec["maximum"]}), name
+            with pytest.raises(InvalidJob, match=name):
+                parse_job({**base, name: spec["maximum"] + 1})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..core.knn import validate_k
+from ..core.knn import MAX_K, validate_k
 from ..core.membership import DEFAULT_MEMBER_PROBABILITY, validate_member_probability
 from ..core.significance import DEFAULT_SIGMA_THRESHOLD, validate_sigma
 from ..data.catalogue import parse_columns_map, parse_photometry
@@ -59,6 +59,10 @@ FIELDS = {
 }
 
 
+#: Plain integer fields: (lowest, highest or None, default); the parser and the schema use it.
+INT_FIELDS = {"shards": (1, MAX_SHARDS, None), "priority": (0, 9, 0), "seed": (0, None, 42),
+              "nBackground": (0, 10**8, 30000), "nStream": (0, 10**7, 500)}
+
 _INT, _NUM, _STR, _OBJ = {"type": "integer"}, {"type": "number"}, {"type": "string"}, \
     {"type": "object"}
 #: JSON Schema of each field (types and bounds; :func:`parse_job` stays the validator and
@@ -66,17 +70,14 @@ _INT, _NUM, _STR, _OBJ = {"type": "integer"}, {"type": "number"}, {"type": "stri
 _TYPES = {
     "jobId": {**_STR, "pattern": JOB_ID_PATTERN.pattern, "minLength": 1, "maxLength": 128},
     "streamKey": _STR, "region": _OBJ,
-    "nNeighbors": {**_INT, "minimum": 1, "maximum": 1024},
+    "nNeighbors": {**_INT, "minimum": 1, "maximum": MAX_K},
     "sigmaThreshold": {**_NUM, "exclusiveMinimum": 0},
     "source": {**_STR, "minLength": 1, "maxLength": 1024},
     "columns": {**_OBJ, "additionalProperties": _STR},
     "cache": {**_STR, "pattern": "^s3://"},
-    "shards": {**_INT, "minimum": 1, "maximum": MAX_SHARDS},
-    "priority": {**_INT, "minimum": 0, "maximum": 9},
     "submittedBy": {**_STR, "maxLength": 256},
-    "seed": {**_INT, "minimum": 0},
-    "nBackground": {**_INT, "minimum": 0, "maximum": 10**8},
-    "nStream": {**_INT, "minimum": 0, "maximum": 10**7},
+    **{name: {**_INT, "minimum": lo, **({} if hi is None else {"maximum": hi})}
+       for name, (lo, hi, _default) in INT_FIELDS.items()},
     "memberProbability": {**_NUM, "exclusiveMinimum": 0, "maximum": 1},
     "orientations": {**_INT, "minimum": 1, "maximum": MAX_ORIENTATIONS},
     "surveyId": {**_STR, "minLength": 1, "maxLength": 128},
@@ -101,12 +102,12 @@ class JobSpec:
     sigma_threshold: float = DEFAULT_SIGMA_THRESHOLD
     source: str = "synthetic"
     shards: int | None = None
-    priority: int = 0
+    priority: int = INT_FIELDS["priority"][2]
     submitted_by: str | None = None
     columns: dict | None = None
-    seed: int = 42
-    n_background: int = 30000
-    n_stream: int = 500
+    seed: int = INT_FIELDS["seed"][2]
+    n_background: int = INT_FIELDS["nBackground"][2]
+    n_stream: int = INT_FIELDS["nStream"][2]
     region: dict | None = None
     member_probability: float = DEFAULT_MEMBER_PROBABILITY
     photometry: dict | None = None
@@ -135,7 +136,8 @@ class JobSpec:
         return msg
 
 
-def _int_field(msg: dict, name: str, lo: int, hi: int | None, default):
+def _int_field(msg: dict, name: str):
+    lo, hi, default = INT_FIELDS[name]
     if name not in msg:
         return default
     v = msg[name]
@@ -214,12 +216,12 @@ def parse_job(body: str | bytes | dict) -> JobSpec:
         return JobSpec(
             orientations=orientations, survey_id=survey_id,
             job_id=job_id, stream_key=key, region=region, n_neighbors=k, sigma_threshold=sigma,
-            source=source, shards=_int_field(msg, "shards", 1, MAX_SHARDS, None),
-            priority=_int_field(msg, "priority", 0, 9, 0), submitted_by=submitted_by,
+            source=source, shards=_int_field(msg, "shards"),
+            priority=_int_field(msg, "priority"), submitted_by=submitted_by,
             columns=parse_columns_map(msg.get("columns")),
-            seed=_int_field(msg, "seed", 0, None, 42),
-            n_background=_int_field(msg, "nBackground", 0, 10**8, 30000),
-            n_stream=_int_field(msg, "nStream", 0, 10**7, 500),
+            seed=_int_field(msg, "seed"),
+            n_background=_int_field(msg, "nBackground"),
+            n_stream=_int_field(msg, "nStream"),
             member_probability=validate_member_probability(
                 msg.get("memberProbability", DEFAULT_MEMBER_PROBABILITY)),
             photometry=parse_photometry(msg.get("photometry")), cache=cache)
