@@ -308,6 +308,15 @@ def cmd_serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    import socket
+
+    with socket.socket() as probe:  # before Ray starts: Serve's proxy would only log it
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise ValueError(f"--host/--port: cannot listen on {args.host}:{args.port} "
+                             f"({exc.strerror}); is another server (ray-app serve?) on it? "
+                             "Choose another --port") from None
     if service_from_env().mode == "local":
         keys = ApiKeys()
         if not keys.list():  # a first local start: the user needs a key to open the page

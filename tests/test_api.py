@@ -345,3 +345,18 @@ def test_concurrent_key_changes_lose_nothing(where, request, tmp_path):
     assert sorted(r["name"] for r in store.list()) == sorted(made)
     assert all(store.lookup(k).name == name for name, k in made.items())
     assert store.revoke("op3") == 1 and store.lookup(made["op3"]) is None
+
+
+def test_serve_refuses_a_busy_port_in_one_line(capsys):
+    import socket
+
+    from ray_app.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"127.0.0.1:{port}" in err and "--port" in err
+    assert main(["serve", "--port", "70000"]) == 2
