@@ -311,6 +311,7 @@ def cmd_serve(args) -> int:
     import socket
 
     with socket.socket() as probe:  # before Ray starts: Serve's proxy would only log it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind((args.host, args.port))
         except OSError as exc:
