@@ -318,7 +318,8 @@ def cmd_serve(args) -> int:
             raise ValueError(f"--host/--port: cannot listen on {args.host}:{args.port} "
                              f"({exc.strerror}); is another server (ray-app serve?) on it? "
                              "Choose another --port") from None
-    if service_from_env().mode == "local":
+    service = service_from_env()
+    if service.mode == "local":
         keys = ApiKeys()
         if not keys.list():  # a first local start: the user needs a key to open the page
             user = os.environ.get("USER") or "admin"
@@ -329,7 +330,7 @@ def cmd_serve(args) -> int:
                   flush=True)
     from .api.deployment import serve_local
 
-    return serve_local(args.host, args.port, driver=not args.no_driver)
+    return serve_local(args.host, args.port, driver=not args.no_driver, service=service)
 
 
 def cmd_apikey(args) -> int:

@@ -45,16 +45,17 @@ app = ApiDeployment.bind()
 
 
 def serve_local(host: str = "127.0.0.1", port: int = 8000, driver: bool = True,
-                ready=None) -> int:
+                ready=None, service=None) -> int:
     """``ray-app serve``: the API on ``host:port`` (and, in local mode, a queue driver) until
-    SIGINT/SIGTERM; returns the exit code. ``ready`` is called with the base URL once up."""
+    SIGINT/SIGTERM; returns the exit code. ``ready`` is called with the base URL once up;
+    ``service``: the one the caller already built from the environment."""
     import ray
 
     from ..engine.engines import default_engine
     from ..service.driver import Driver
     from ..service.wiring import driver_config, service_from_env
 
-    service = service_from_env()  # a bad environment fails here, before anything starts
+    service = service or service_from_env()  # a bad environment fails before anything starts
     engine = default_engine("ray") if driver and service.mode == "local" else None
     if engine is None and not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
