@@ -146,27 +146,22 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
                               "'HTTP API' section. Authenticate with `Authorization: Bearer "
                               "<key>` (`ray-app apikey create NAME`).")
     state: dict[str, Any] = {"service": service, "keys": keys, "settings": settings}
-    lock = threading.Lock()
+    lock = threading.RLock()
 
-    def svc() -> Service:
-        with lock:
-            if state["service"] is None:
-                state["service"] = service_from_env()
-            return state["service"]
+    def lazy(name: str, make):
+        """``state[name]``, made by ``make()`` at first use (a Serve replica builds its
+        stores from its own environment, at its first request)."""
+        def get():
+            with lock:
+                if state.get(name) is None:
+                    state[name] = make()
+                return state[name]
+        return get
 
-    def conf() -> Settings:
-        with lock:
-            if state["settings"] is None:
-                state["settings"] = Settings()
-            if state.get("limiter") is None:
-                state["limiter"] = RateLimiter(state["settings"].rate, state["settings"].burst)
-            return state["settings"]
-
-    def key_store() -> ApiKeys:
-        with lock:
-            if state["keys"] is None:
-                state["keys"] = ApiKeys()
-            return state["keys"]
+    svc = lazy("service", service_from_env)
+    conf = lazy("settings", Settings)
+    key_store = lazy("keys", ApiKeys)
+    limiter = lazy("limiter", lambda: RateLimiter(conf().rate, conf().burst))
 
     @app.exception_handler(ApiError)
     def _api_error(_request: Request, exc: ApiError):
@@ -218,12 +213,11 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
         who = key_store().lookup(token.strip())
         if who is None:
             raise ApiError(401, "unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
-        conf()
-        wait = state["limiter"].take(who.name)
+        wait = limiter().take(who.name)
         if wait > 0:
-            raise ApiError(429, f"rate limit: at most {state['settings'].rate:g} requests a "
-                                f"second per key (burst {state['settings'].burst:g}); retry "
-                                f"in {wait:.1f} s", {"Retry-After": str(math.ceil(wait))})
+            raise ApiError(429, f"rate limit: at most {conf().rate:g} requests a second per "
+                                f"key (burst {conf().burst:g}); retry in {wait:.1f} s",
+                           {"Retry-After": str(math.ceil(wait))})
         return who
 
     User = Annotated[ApiUser, Depends(user)]
@@ -240,6 +234,17 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
         if not who.admin and owner != who.name:
             raise ApiError(403, f"job {job_id!r} belongs to another user")
         return rec
+
+    def completed_manifest(job_id: str, who: ApiUser) -> dict:
+        """The manifest of one of the caller's COMPLETED jobs (409 before, 404 if gone)."""
+        rec = own_job(job_id, who)
+        if rec["status"] != COMPLETED:
+            raise ApiError(409, f"job {job_id!r} is {rec['status']}: no results yet")
+        manifest = svc().results.manifest(job_id)
+        if manifest is None:
+            raise ApiError(404, f"job {job_id!r} is COMPLETED but its manifest is missing "
+                                "from the result store")
+        return manifest
 
     # ------------------------------------------------------------------ jobs
     @app.post("/jobs", status_code=202, tags=["jobs"],
@@ -349,14 +354,8 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
     @app.get("/jobs/{job_id}/results", tags=["jobs"],
              summary="A COMPLETED job's manifest with a link to each file")
     def results(who: User, job_id: str):
-        rec = own_job(job_id, who)
-        if rec["status"] != COMPLETED:
-            raise ApiError(409, f"job {job_id!r} is {rec['status']}: no results yet")
+        manifest = completed_manifest(job_id, who)
         service = svc()
-        manifest = service.results.manifest(job_id)
-        if manifest is None:
-            raise ApiError(404, f"job {job_id!r} is COMPLETED but its manifest is missing "
-                                "from the result store")
         names = [f["name"] for f in manifest.get("files", [])] + [MANIFEST]
         sizes = {f["name"]: f.get("size") for f in manifest.get("files", [])}
         if hasattr(service.results, "presign"):
@@ -369,14 +368,11 @@ def create_app(service: Service | None = None, keys: ApiKeys | None = None,
     @app.get("/jobs/{job_id}/files/{name}", tags=["jobs"],
              summary="One result file (local mode; AWS mode links to S3 instead)")
     def result_file(who: User, job_id: str, name: str):
-        rec = own_job(job_id, who)
+        manifest = completed_manifest(job_id, who)
         service = svc()
-        if rec["status"] != COMPLETED:
-            raise ApiError(409, f"job {job_id!r} is {rec['status']}: no results yet")
         if hasattr(service.results, "presign"):
             raise ApiError(404, "files are served from S3: use the links of "
                                 f"/jobs/{job_id}/results")
-        manifest = service.results.manifest(job_id) or {}
         allowed = {f["name"] for f in manifest.get("files", [])} | {MANIFEST}
         if name not in allowed:  # only the manifest's files: no path escapes the job folder
             raise ApiError(404, f"job {job_id!r} has no file {name!r}")
