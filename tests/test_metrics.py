@@ -1,17 +1,16 @@
 """The exported metric names are the documented ``ray_app_*`` ones (a real local Ray and its
 metrics agent, scraped over HTTP)."""
 
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
+from api_server import free_port
+
 
 def test_metrics_are_exported_as_ray_app(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = textwrap.dedent(f"""
         import time, urllib.request, ray
         from ray_app.engine.metrics import job_metrics, pool_metrics
