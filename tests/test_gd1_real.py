@@ -39,7 +39,24 @@ def test_gd1_recovered_from_real_field(real_data, gd1_field, tmp_path, photometr
     assert top["length_deg"] > 40  # the whole stretch of the field, not a lump
     assert f1 > cf1  # the members beat the persistence core
     if photometry == "none":
-        assert f1 >= 0.35  # an expert's box tuned on this truth set reaches 0.37
+        # a box tuned on this truth set reaches 0.37, a kNN classifier trained on it 0.41
+        # (benchmarks/gd1_membership.py)
+        assert f1 >= 0.37
+        # the truth list can only hold stars with Pan-STARRS photometry (half the field has
+        # none, GD-1 as much as the rest): compared within that coverage
+        stars = pq.read_table(out / "stars.parquet", columns=["source_id", "g_mean_psf_mag"])
+        covered = set(stars["source_id"].to_numpy()[
+            np.isfinite(stars["g_mean_psf_mag"].to_numpy(zero_copy_only=False))].tolist())
+        kp, kr, kf1 = _f1(np.array(sorted(set(npz["candidate_0"].tolist()) & covered)),
+                          field_truth)
+        ckp, ckr, ckf1 = _f1(np.array(sorted(set(npz["core_0"].tolist()) & covered)),
+                             field_truth)
+        print(f"within the truth's photometric coverage: members precision={kp:.3f} "
+              f"recall={kr:.3f} F1={kf1:.3f}; core precision={ckp:.3f} recall={ckr:.3f} "
+              f"F1={ckf1:.3f}")
+        assert kf1 >= 0.50 and kf1 > ckf1
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["membership"]["candidates"][0]["quality_term"] is True
     else:
         assert f1 >= 0.60 and p >= 0.55
     stars = pq.read_table(out / "stars.parquet")

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from ray_app.core.features import stream_features
-from ray_app.core.membership import membership_probabilities, validate_member_probability
+from ray_app.core.membership import (
+    _fit_width,
+    _log_quality,
+    membership_probabilities,
+    validate_member_probability,
+)
 from ray_app.data.catalogue import CatalogueError, parse_photometry, photometry_columns
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import Injection, synthetic_sky
@@ -65,6 +70,58 @@ def test_stars_without_photometry_are_not_members(sky, rng):
     assert np.all(m.probability[np.isnan(g)] == 0)
     assert np.sum(m.probability[truth & np.isfinite(g)] >= 0.5) > 0.8 * np.sum(
         truth & np.isfinite(g))
+
+
+@pytest.mark.parametrize("use_photometry", [False, True])
+def test_the_quality_term_is_used_only_without_photometry(sky, rng, use_photometry):
+    gd1, cols, raw = sky
+    truth = cols["is_stream"]
+    phot = (cols["phot_g_mean_mag"], cols["bp_rp"]) if use_photometry else None
+    core = _lump_core(raw, truth, rng)
+    m = membership_probabilities(raw, core, feature_errors(cols), phot,
+                                 base_track=gd1.detection_track)
+    assert m.quality is not use_photometry
+    # no error columns: no quality to learn from
+    assert not membership_probabilities(raw, core, None, None,
+                                        base_track=gd1.detection_track).quality
+
+
+def test_the_quality_density_follows_the_streams_own_errors(rng):
+    # field errors spread over two decades, the stream's bunched (one population, one
+    # distance): the learnt ratio favours the stream's range and disfavours the rest
+    field = rng.uniform(np.log(0.03), np.log(3.0), 20000)
+    stream = rng.normal(np.log(0.4), 0.15, 500)
+    q = np.concatenate([field, stream])
+    w = np.r_[np.zeros(len(field)), np.ones(len(stream))]
+    control = w == 0
+    ls, lb = _log_quality(q, w, control)
+    ratio = ls - lb
+    at = np.abs(q - np.log(0.4)) < 0.1
+    far = (q < np.log(0.08)) | (q > np.log(1.5))
+    assert np.median(ratio[at]) > np.log(5)
+    assert np.all(ratio[far] < np.log(0.2))
+    # the field's density mixed into the stream's: far from its locus a star is
+    # down-weighted, never excluded
+    assert np.all(np.isfinite(ratio)) and ratio.min() > np.log(0.05) - 0.1
+
+
+@pytest.mark.parametrize("width", [0.0, 0.1, 0.3])
+def test_fit_width_deconvolves_star_by_star(rng, width):
+    # errors from 0.05 to 2: removing one typical error from the spread leaves a width
+    # far off; the star-by-star deconvolution recovers it
+    n = 3000
+    e = np.exp(rng.uniform(np.log(0.05), np.log(2.0), n))
+    r = rng.normal(0, np.sqrt(width ** 2 + e ** 2))
+    w = np.ones(n)
+    got = _fit_width(r, e ** 2, w, 0.02, 2.0)
+    assert got == pytest.approx(max(width, 0.02), abs=0.04)
+    # 10 % field stars with full weight far out do not set it
+    r_out = np.r_[r, rng.uniform(-20, 20, n // 10)]
+    e_out = np.r_[e, np.full(n // 10, 0.1)]
+    assert _fit_width(r_out, e_out ** 2, np.ones(len(r_out)), 0.02, 2.0) == pytest.approx(
+        max(width, 0.02), abs=0.08)
+    # the cap holds
+    assert _fit_width(r * 100, e ** 2, w, 0.02, 2.0) == 2.0
 
 
 def test_a_tiny_core_is_kept_as_it_is(sky):

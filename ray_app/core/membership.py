@@ -8,10 +8,10 @@ few EM iterations starting from the core:
 **Stream** ``s(x) = rho(phi1) * prod_j N(x_j - t_j(phi1); 0, w_j^2 + e_ij^2)``
     ``t_j`` is the track (``tracks.fit_track``: weighted medians in ~3 deg phi1 bins, so a
     field star that a weighted fit still holds cannot drag it); ``w_j`` the intrinsic width
-    of feature j (weighted 1.4826 MAD of the residuals with the median measurement error
-    removed in quadrature, floored at :data:`WIDTH_FLOOR` and capped at
-    :data:`MAX_WIDTH_GROWTH` x the core's own spread, so the stream cannot swallow the
-    field); ``e_ij`` the star's measurement error where the catalogue has error columns;
+    of feature j (a robust deconvolution: the width at which the weighted median of
+    ``|r_i| / sqrt(w_j^2 + e_ij^2)`` is a unit normal's, floored at :data:`WIDTH_FLOOR` and
+    capped at :data:`MAX_WIDTH_GROWTH` x the core's own spread, so the stream cannot swallow
+    the field); ``e_ij`` the star's measurement error where the catalogue has error columns;
     ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow
     by :data:`GROW_DEG` beyond the current members per iteration, so a long stream is
     followed out of its core).
@@ -24,6 +24,13 @@ few EM iterations starting from the core:
     slabs (the field's proper-motion gradients along a long footprint are followed) and,
     where errors are known, conditional on the star's error (a faint star is compared with
     equally blurred field stars).
+**Measurement quality** (without photometry, where errors are known) multiplies both by a
+    density of the star's log proper-motion error, a brightness proxy: the stream's learnt
+    from its members, the field's from the control stars. A stream is one old population at
+    one distance, so its stars have their own luminosity function, and the field's kinematic
+    density is already conditional on the error: leaving this term out would assume the
+    stream's error distribution is the field's. Not used with photometry (the magnitude
+    carries the same information).
 **Photometry** (optional) multiplies both by a colour-magnitude density learnt from the data:
     the stream's is a weighted, Gaussian-smoothed histogram of its members (plus 5 % of the
     field's, so a member off the learnt locus is down-weighted, not excluded); the field's,
@@ -71,8 +78,12 @@ SKY_BINS_DEG = (5.0, 0.5)
 #: Colour-magnitude histograms: bin sizes and Gaussian smoothing (mag) in colour, magnitude.
 CMD_BIN = (0.02, 0.1)
 CMD_SMOOTH = (0.04, 0.25)
-#: Share of the field's colour-magnitude density mixed into the stream's.
+#: Share of the field's colour-magnitude (or quality) density mixed into the stream's.
 CMD_FLOOR = 0.05
+#: Histogram of the measurement quality (natural log of the proper-motion error): bin size
+#: and Gaussian smoothing (0.1 in log error ~ 0.2 mag in G).
+QUALITY_BIN = 0.05
+QUALITY_SMOOTH = 0.1
 
 
 def validate_member_probability(value) -> float:
@@ -102,6 +113,8 @@ class Membership:
     iterations : int
     photometry : bool
         Whether a colour-magnitude term was used.
+    quality : bool
+        Whether the measurement-quality term was used (no photometry, errors known).
     failed : bool
         The mixture called more than :data:`MAX_STREAM_SHARE` of the stars stream: the seed
         is returned as the members (probability 1) and ``track`` is None.
@@ -115,6 +128,7 @@ class Membership:
     iterations: int = 0
     photometry: bool = False
     failed: bool = False
+    quality: bool = False
 
 
 def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = None,
@@ -167,6 +181,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     quality = np.log(np.clip(np.nan_to_num(np.asarray(e, dtype=np.float64), nan=1.0), 1e-3,
                              None)) if e is not None else None
     cmd = _cmd_arrays(photometry, n)
+    use_quality = cmd is None and quality is not None
 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
     if base_track is not None:  # a named stream is expected along its whole registry track
@@ -190,11 +205,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                 # spread, EM settles on the core's lump instead of the stream
                 widths[name] = MAX_WIDTH_GROWTH * core_spread[name]
             else:
-                spread = _spread(resid[name], w)
-                med_err2 = float(np.median(err2[name][w >= 0.5])) if np.any(w >= 0.5) else 0.
-                intrinsic = np.sqrt(max(spread ** 2 - med_err2, 0.0))
-                widths[name] = float(np.clip(intrinsic, WIDTH_FLOOR[name],
-                                             MAX_WIDTH_GROWTH * core_spread[name]))
+                widths[name] = _fit_width(resid[name], err2[name], w, WIDTH_FLOOR[name],
+                                          MAX_WIDTH_GROWTH * core_spread[name])
             var = widths[name] ** 2 + err2[name]
             log_s += -0.5 * resid[name] ** 2 / var - 0.5 * np.log(2 * np.pi * var)
         # the field is learnt off the track (a control region), never from the stars the
@@ -209,6 +221,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             cs, cb = _log_cmd(cmd, w, control)
             log_s += cs
             log_b += cb
+        if use_quality:
+            qs, qb = _log_quality(quality, w, control)
+            log_s += qs
+            log_b += qb
         frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
         logit = np.log(frac) + log_s - np.log1p(-frac) - log_b
         p_new = 1.0 / (1.0 + np.exp(-np.clip(logit, -700, 700)))
@@ -229,12 +245,13 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         p = np.zeros(n)
         p[core] = 1.0
         return Membership(p, None, widths, float(np.mean(p)), (np.nan, np.nan), iterations,
-                          cmd is not None, failed=True)
+                          cmd is not None, failed=True, quality=use_quality)
     final = _absolute_track(track, base_track, widths, phi1[p >= 0.5] if np.any(p >= 0.5)
                             else phi1[core])
     sel = p >= 0.5
     rng = (float(phi1[sel].min()), float(phi1[sel].max())) if sel.any() else (np.nan, np.nan)
-    return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None)
+    return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None,
+                      quality=use_quality)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -248,6 +265,35 @@ def _spread(v, w=None) -> float:
     v, w = v[ok], w[ok]
     med = weighted_quantile(v, w, 0.5)
     return 1.4826 * weighted_quantile(np.abs(v - med), w, 0.5)
+
+
+def _fit_width(r, e2, w, floor: float, cap: float) -> float:
+    """Robust intrinsic width of residuals ``r`` with per-star error variances ``e2``.
+
+    The width at which the weighted median of the normalised residuals
+    ``|r_i| / sqrt(width^2 + e2_i)`` is that of a unit normal (0.6745), clipped to
+    [floor, cap]: a MAD that deconvolves star by star. Subtracting one typical error from
+    the spread understates the width when the errors range over a factor of ten; a
+    likelihood fit is pulled wide by the field stars that still carry some weight.
+    """
+    ok = (w > 0) & np.isfinite(r)
+    if ok.sum() < 8:
+        return float(floor)
+    r, e2, w = r[ok], e2[ok], w[ok]
+    r = np.abs(r - weighted_quantile(r, w, 0.5))
+
+    def median_z(width):
+        return weighted_quantile(r / np.sqrt(width ** 2 + e2), w, 0.5)
+
+    if median_z(floor) <= 0.6745:
+        return float(floor)
+    if median_z(cap) >= 0.6745:
+        return float(cap)
+    lo, hi = floor, cap
+    for _ in range(40):  # median_z falls as the width grows: bisect
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if median_z(mid) > 0.6745 else (lo, mid)
+    return float(0.5 * (lo + hi))
 
 
 def _bin_of(x, edges, n_bins: int) -> np.ndarray:
@@ -402,6 +448,30 @@ def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
     ls = np.where(ok, np.log(np.maximum(stream_h[i, j], tiny)), 0.0)
     lb = np.where(ok, np.log(np.maximum(field_h[i, j], tiny)), 0.0)
     return ls, lb
+
+
+def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
+    """log densities of the measurement quality (log proper-motion error, a brightness
+    proxy) of the stream (weights w) and of the field (the control stars).
+
+    A stream's stars have their own luminosity function (an old population at one distance),
+    unlike the field's mix: without photometry its error distribution is what astrometry
+    knows of it. Learnt like the colour-magnitude term (smoothed histograms, the field's
+    mixed into the stream's at :data:`CMD_FLOOR`); not used with photometry, whose magnitude
+    already carries this information.
+    """
+    edges = np.arange(quality.min() - 0.2, quality.max() + 0.2 + QUALITY_BIN, QUALITY_BIN)
+
+    def density(weights):
+        h, _ = np.histogram(quality, bins=edges, weights=weights)
+        h = gaussian_filter(h.astype(float), QUALITY_SMOOTH / QUALITY_BIN, mode="constant")
+        return h / max(h.sum(), 1e-300)
+
+    field_h = density(control.astype(float))
+    stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
+    i = _bin_of(quality, edges, len(field_h))
+    tiny = 1e-12
+    return np.log(np.maximum(stream_h[i], tiny)), np.log(np.maximum(field_h[i], tiny))
 
 
 def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,

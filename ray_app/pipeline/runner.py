@@ -346,11 +346,14 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                         "against the off-track field; stars without photometry are not "
                         "members"},
             "errors": sorted(errors),
+            "quality": "without photometry, a star's log proper-motion error (a brightness "
+                       "proxy) enters as a learnt stream against field density; per candidate "
+                       "'quality_term' says whether it was used",
             "seed": "the candidate's superlevel component at half its persistence (at least "
                     "20 stars, else its core)",
             "candidates": [{"index": c.index, "iterations": m.iterations,
                             "stream_fraction": m.fraction, "widths": m.widths,
-                            "fit_failed": m.failed}
+                            "fit_failed": m.failed, "quality_term": m.quality}
                            for c, m in zip(final, memberships, strict=True)]},
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
