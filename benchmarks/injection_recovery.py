@@ -10,10 +10,13 @@ injected / all members of that candidate (members: membership probability >= 0.5
 "core" columns score the candidate's persistence core the same way). False candidates:
 candidates with purity < 0.5.
 A stream-free row (richness 0) measures false candidates per job on the same skies.
+A second table checks the membership probabilities' calibration: of all stars of all jobs
+at probability p (binned), the fraction that were injected.
 
     python benchmarks/injection_recovery.py                       # the table in RESULTS.md
     python benchmarks/injection_recovery.py --streams gd-1 --richness 400 100 --trials 2
     python benchmarks/injection_recovery.py --tilt 8 --frames registry   # frame robustness
+    python benchmarks/injection_recovery.py --photometry none           # astrometry only
 
 Prints a Markdown table and writes benchmarks/injection_recovery.png.
 """
@@ -38,7 +41,7 @@ from ray_app.pipeline.runner import run_recovery
 
 
 def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.0,
-        width: float | None = None, tilts=DEFAULT_FRAME_TILTS) -> dict:
+        width: float | None = None, tilts=DEFAULT_FRAME_TILTS, photometry=None) -> dict:
     """One synthetic sky with ``stream`` injected (``tilt`` deg off its registry frame,
     ``width`` deg wide), recovered by the runner searching the frames ``tilts``."""
     info = get_stream(stream)
@@ -53,11 +56,13 @@ def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.
                        src)
         params = RecoverParams(stream_key=stream, input_path=str(src), seed=seed,
                                out_dir=str(Path(tmp) / "out"), write_ecsv=False,
-                               frame_tilts=tuple(tilts))
+                               frame_tilts=tuple(tilts), photometry=photometry)
         summary = run_recovery(params, InProcessEngine())
         stars = pq.read_table(Path(tmp) / "out" / "stars.parquet",
-                              columns=["source_id", "candidate", "core_candidate"])
+                              columns=["source_id", "candidate", "core_candidate",
+                                       "member_probability"])
     truth = np.isin(stars.column("source_id").to_numpy(), list(truth_ids))
+    prob = stars.column("member_probability").to_numpy()
     cand = stars.column("candidate").to_numpy()
     core = stars.column("core_candidate").to_numpy()
     best, false = None, 0
@@ -75,11 +80,35 @@ def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.
         else:
             false += 1
     return {"injected": int(truth.sum()), "detected": best is not None,
+            "calibration": calibration_counts(prob, truth),
             "sigma": best["sigma"] if best else np.nan,
             "completeness": best["hit"] / max(truth.sum(), 1) if best else 0.0,
             "purity": best["purity"] if best else np.nan, "false": false,
             "core_completeness": best["core_hit"] / max(truth.sum(), 1) if best else 0.0,
             "core_purity": best["core_purity"] if best else np.nan}
+
+
+#: Membership-probability bins of the calibration table.
+P_EDGES = np.array([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])
+
+
+def calibration_counts(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per probability bin: stars, summed probability, injected stars."""
+    b = np.clip(np.digitize(prob, P_EDGES) - 1, 0, len(P_EDGES) - 2)
+    n = len(P_EDGES) - 1
+    return np.stack([np.bincount(b, minlength=n), np.bincount(b, prob, minlength=n),
+                     np.bincount(b, truth.astype(float), minlength=n)])
+
+
+def print_calibration(counts: np.ndarray) -> None:
+    """A calibrated model's stars at probability p are a fraction p injected."""
+    print("\n| membership probability | stars | mean probability | injected fraction |")
+    print("|---|---:|---:|---:|")
+    for i in range(1, len(P_EDGES) - 1):  # the first bin is the whole field
+        n, psum, hit = counts[:, i]
+        if n:
+            print(f"| {P_EDGES[i]:.2f}-{min(P_EDGES[i + 1], 1):.2f} | {n:.0f} | "
+                  f"{psum / n:.3f} | {hit / n:.3f} |")
 
 
 def main() -> None:
@@ -94,6 +123,9 @@ def main() -> None:
                     help="injected phi2 width, deg (default: the registry's)")
     ap.add_argument("--frames", choices=("all", "registry"), default="all",
                     help="search the default tilted frames, or the registry frame only")
+    ap.add_argument("--photometry", default=None,
+                    help="the job's photometry option; 'none': astrometry only "
+                         "(default: Gaia G and BP-RP)")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("injection_recovery.png")))
     ap.add_argument("--replot", help="only redraw --plot from this JSON of an earlier run")
     args = ap.parse_args()
@@ -101,6 +133,7 @@ def main() -> None:
         plot(json.loads(Path(args.replot).read_text()), args.plot)
         return
     rows = []
+    calibration = np.zeros((3, len(P_EDGES) - 1))
     t0 = time.perf_counter()
     print("| stream | injected (gen.) | kept after cuts | detected | median sigma | "
           "completeness | purity | core completeness | core purity | false cand./job |")
@@ -108,8 +141,9 @@ def main() -> None:
     for s in args.streams:
         for r in args.richness:
             tilts = DEFAULT_FRAME_TILTS if args.frames == "all" else (0.0,)
-            res = [one(s, r, args.background, 1000 + 17 * t, args.tilt, args.width, tilts)
-                   for t in range(args.trials)]
+            res = [one(s, r, args.background, 1000 + 17 * t, args.tilt, args.width, tilts,
+                       args.photometry) for t in range(args.trials)]
+            calibration += sum(x["calibration"] for x in res)
             det = [x for x in res if x["detected"]]
             row = {"stream": s, "richness": r,
                    "kept": float(np.mean([x["injected"] for x in res])),
@@ -133,6 +167,7 @@ def main() -> None:
     print(f"\n{len(rows) * args.trials} jobs in {time.perf_counter() - t0:.0f} s; "
           f"background {args.background} field stars per job; injected tilt {args.tilt:g} "
           f"deg; frames searched: {args.frames}")
+    print_calibration(calibration)
     Path(args.plot).with_suffix(".json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.plot)
 

@@ -14,6 +14,7 @@ of the persistence core, against the injected stars.
 
     python benchmarks/real_stream_injection.py                 # the table in RESULTS.md
     python benchmarks/real_stream_injection.py --clusters Pal_5 --trials 1
+    python benchmarks/real_stream_injection.py --photometry none     # astrometry only
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def real_members(cluster: str, key: str, rng) -> dict:
             "phot_g_mean_mag": cols["G"], "bp_rp": cols["bp_rp"]}
 
 
-def one(cluster: str, key: str, background: int, seed: int) -> dict:
+def one(cluster: str, key: str, background: int, seed: int, photometry=None) -> dict:
     info = get_stream(key)
     rng = np.random.default_rng(seed)
     cuts = info.default_cuts
@@ -76,7 +77,8 @@ def one(cluster: str, key: str, background: int, seed: int) -> dict:
         src = Path(tmp) / "sky.parquet"
         pq.write_table(pa.table(cols), src)
         params = RecoverParams(stream_key=key, input_path=str(src), seed=seed,
-                               out_dir=str(Path(tmp) / "out"), write_ecsv=False)
+                               out_dir=str(Path(tmp) / "out"), write_ecsv=False,
+                               photometry=photometry)
         summary = run_recovery(params, InProcessEngine())
         stars = pq.read_table(Path(tmp) / "out" / "stars.parquet",
                               columns=["source_id", "candidate", "core_candidate"])
@@ -103,6 +105,9 @@ def main() -> None:
     ap.add_argument("--clusters", nargs="+", default=list(CLUSTERS))
     ap.add_argument("--background", type=int, default=30000)
     ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--photometry", default=None,
+                    help="the job's photometry option; 'none': astrometry only "
+                         "(default: Gaia G and BP-RP)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     print("| cluster (registry key) | real members kept | detected | median sigma | "
@@ -110,7 +115,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for cluster in args.clusters:
         key = CLUSTERS[cluster]
-        res = [one(cluster, key, args.background, 500 + 31 * t) for t in range(args.trials)]
+        res = [one(cluster, key, args.background, 500 + 31 * t, args.photometry)
+               for t in range(args.trials)]
         det = [r for r in res if r["best"]]
 
         def mean(vals):
