@@ -276,7 +276,7 @@ def _fit_width(r, e2, w, floor: float, cap: float) -> float:
     the spread understates the width when the errors range over a factor of ten; a
     likelihood fit is pulled wide by the field stars that still carry some weight.
     """
-    ok = (w > 0) & np.isfinite(r)
+    ok = (w >= 1e-3) & np.isfinite(r)  # the field's millions of ~0 weights move no median
     if ok.sum() < 8:
         return float(floor)
     r, e2, w = r[ok], e2[ok], w[ok]
@@ -290,7 +290,7 @@ def _fit_width(r, e2, w, floor: float, cap: float) -> float:
     if median_z(cap) >= 0.6745:
         return float(cap)
     lo, hi = floor, cap
-    for _ in range(40):  # median_z falls as the width grows: bisect
+    for _ in range(30):  # median_z falls as the width grows: bisect
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if median_z(mid) > 0.6745 else (lo, mid)
     return float(0.5 * (lo + hi))
