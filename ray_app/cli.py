@@ -170,6 +170,8 @@ def cmd_recover(args) -> int:
         named = (f"matches {match['name']} ({match['key']}, {match['separation_deg']:.2f} deg"
                  + (f", {match['pm_separation_mas_yr']:.2f} mas/yr" if
                     match.get("pm_separation_mas_yr") is not None else "") + ")"
+                 + "".join(f"; also on {o['name']} ({o['key']})" for o in
+                           match.get("also", [])[:3])
                  if match else "no registry match")
         print(f"  #{c['index']}: sigma={c['significance']:.2f} members={c['n_members']} "
               f"(core {c['n_core']}) length={c['length_deg']:.1f} deg "

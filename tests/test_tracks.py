@@ -79,6 +79,31 @@ def test_registry_match_names_the_stream_and_only_it():
     hit = match_track(ra, dec, pmra, pmdec)
     assert hit["key"] == "gd-1" and hit["separation_deg"] < 0.5
     assert match_track(ra + 40, dec, pmra, pmdec) is None  # nowhere near a known stream
+    assert all(o["key"] != "gd-1" for o in hit["also"])
     wrong_motion = match_track(ra, dec, pmra + 5, pmdec)  # GD-1's place, another motion
     assert wrong_motion is None or (wrong_motion["key"] != "gd-1"
                                     and wrong_motion["pm_separation_mas_yr"] is None)
+
+
+def test_a_match_lists_the_other_streams_on_the_same_track():
+    # NGC 5053's stream (known by positions only) lies along LMS-1 (known in proper motion):
+    # a candidate there is named LMS-1 and NGC 5053 is listed beside it, not lost
+    from ray_app.core.frames import frame_to_icrs
+
+    s = get_stream("ngc5053")
+    t = s.track_frame
+    lms = get_stream("lms-1")
+    ra, dec, _, _ = frame_to_icrs(s.frame, t["phi1"], t["phi2"], np.zeros(len(t["phi1"])),
+                                  np.zeros(len(t["phi1"])))
+    # LMS-1's proper motion at the nearest point of its track
+    lt = lms.track_frame
+    lra, ldec, lpmra, lpmdec = frame_to_icrs(lms.frame, lt["phi1"], lt["phi2"],
+                                             lt["pm_phi1_cosphi2"], lt["pm_phi2"])
+    d = np.hypot((ra[:, None] - lra[None, :]) * np.cos(np.radians(dec[:, None])),
+                 dec[:, None] - ldec[None, :])
+    near = np.argmin(d, axis=1)
+    hit = match_track(ra, dec, lpmra[near], lpmdec[near])
+    assert hit["key"] == "lms-1"
+    assert "ngc5053" in [o["key"] for o in hit["also"]]
+    assert all(set(o) == {"key", "name", "separation_deg", "pm_separation_mas_yr"}
+               for o in hit["also"])

@@ -391,14 +391,17 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
     -------
     dict or None
         ``key``, ``name``, ``separation_deg`` (mean), ``pm_separation_mas_yr`` (None where
-        the registry has no proper motion), ``overlap_fraction``.
+        the registry has no proper motion), ``overlap_fraction``, and ``also``: the other
+        registry streams that pass the same tests, best first, each with ``key``, ``name``,
+        ``separation_deg`` and ``pm_separation_mas_yr`` (streams overlap on the sky: a
+        cluster's stream may lie along a wider stream known in proper motion too).
     """
     ra, dec = np.atleast_1d(ra).astype(float), np.atleast_1d(dec).astype(float)
     tree, owner, pms = _match_index()
     q = _unit(ra, dec)
     reach = 2 * np.sin(np.radians(max(MATCH_MIN_DEG, MATCH_WIDTHS * 1.5)) / 2)
     hits = tree.query_ball_point(q, reach)
-    best = None
+    found = []
     for i in {int(owner[j]) for row in hits for j in row}:
         s = _ALL[i]
         mine = np.flatnonzero(owner == i)
@@ -421,10 +424,13 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
                                                                         3),
                 "pm_separation_mas_yr": None if pm_sep is None else round(pm_sep, 3),
                 "overlap_fraction": round(float(close.mean()), 3)}
-        # a match confirmed in proper motion beats one that could only be checked on the sky
-        # (a registry stream without proper motions crossing the candidate's track)
-        rank = (cand["pm_separation_mas_yr"] is None, cand["separation_deg"])
-        if best is None or rank < (best["pm_separation_mas_yr"] is None,
-                                   best["separation_deg"]):
-            best = cand
+        found.append(cand)
+    if not found:
+        return None
+    # a match confirmed in proper motion beats one that could only be checked on the sky
+    # (a registry stream without proper motions crossing the candidate's track)
+    found.sort(key=lambda c: (c["pm_separation_mas_yr"] is None, c["separation_deg"], c["key"]))
+    best = found[0]
+    best["also"] = [{k: c[k] for k in ("key", "name", "separation_deg", "pm_separation_mas_yr")}
+                    for c in found[1:]]
     return best

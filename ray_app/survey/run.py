@@ -505,6 +505,7 @@ def merge_patches(params: SurveyParams, out: Path, state: dict) -> tuple[list[di
             "match_key": match["key"] if match else None,
             "match_name": match["name"] if match else None,
             "match_separation_deg": match["separation_deg"] if match else None,
+            "match_also": [o["key"] for o in match["also"]] if match else [],
             "patches": sorted({f["patch"] for f in parts}),
             "patch_candidates": [f"{f['patch']}#{f['index']}" for f in parts]})
         member_rows["source_id"].append(sid[keep])
@@ -535,6 +536,7 @@ def _write_final(params: SurveyParams, out: Path, state: dict, cands: list[dict]
                         ("track_dec", pa.list_(pa.float64())), ("match_key", pa.string()),
                         ("match_name", pa.string()),
                         ("match_separation_deg", pa.float64()),
+                        ("match_also", pa.list_(pa.string())),
                         ("patches", pa.list_(pa.string())),
                         ("patch_candidates", pa.list_(pa.string()))])
     table = pa.Table.from_pylist(cands, schema=schema)
