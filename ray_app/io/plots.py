@@ -129,7 +129,10 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
             match = candidates[i].get("match") if i < len(candidates) else None
             sky.annotate(f"#{i}" + (f" {match['name']}" if match else ""),
                          (tx[mid], ty[mid]), xytext=(0, 10), textcoords="offset points",
-                         fontsize=9, color=cmap(i % 10), fontweight="bold")
+                         fontsize=9, color=cmap(i % 10), fontweight="bold",
+                         # on a white ground: the label sits on the members it names
+                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8,
+                               "lw": 0})
     sky.set_xlabel("phi1 [deg]")
     sky.set_ylabel("phi2 [deg]")
     sky.set_title("sky, stream frame: members by probability, fitted tracks")
