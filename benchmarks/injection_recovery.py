@@ -41,12 +41,14 @@ from ray_app.pipeline.runner import run_recovery
 
 
 def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.0,
-        width: float | None = None, tilts=DEFAULT_FRAME_TILTS, photometry=None) -> dict:
+        width: float | None = None, tilts=DEFAULT_FRAME_TILTS, photometry=None,
+        giant_fraction: float | None = None) -> dict:
     """One synthetic sky with ``stream`` injected (``tilt`` deg off its registry frame,
     ``width`` deg wide), recovered by the runner searching the frames ``tilts``."""
     info = get_stream(stream)
     cols = synthetic_sky(info.footprint, background,
-                         [Injection(info, richness, width_deg=width, tilt_deg=tilt)]
+                         [Injection(info, richness, width_deg=width, tilt_deg=tilt,
+                                    giant_fraction=giant_fraction)]
                          if richness else [], seed=seed, cuts=info.default_cuts)
     truth_ids = set(cols["source_id"][cols["is_stream"]].tolist())
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,6 +128,10 @@ def main() -> None:
     ap.add_argument("--photometry", default=None,
                     help="the job's photometry option; 'none': astrometry only "
                          "(default: Gaia G and BP-RP)")
+    ap.add_argument("--giant-fraction", type=float, default=None,
+                    help="share of red giants in the injected streams' population (default: "
+                         "the sky model's halo, 0.05: giant-heavy; ~0.002 is an old "
+                         "population's)")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("injection_recovery.png")))
     ap.add_argument("--replot", help="only redraw --plot from this JSON of an earlier run")
     args = ap.parse_args()
@@ -142,7 +148,7 @@ def main() -> None:
         for r in args.richness:
             tilts = DEFAULT_FRAME_TILTS if args.frames == "all" else (0.0,)
             res = [one(s, r, args.background, 1000 + 17 * t, args.tilt, args.width, tilts,
-                       args.photometry) for t in range(args.trials)]
+                       args.photometry, args.giant_fraction) for t in range(args.trials)]
             calibration += sum(x["calibration"] for x in res)
             det = [x for x in res if x["detected"]]
             row = {"stream": s, "richness": r,

@@ -116,3 +116,20 @@ def test_bad_sizes():
         synthetic_sky(get_stream("gd-1").footprint, -1)
     with pytest.raises(ValueError, match="needs n_background > 0 or an injection"):
         synthetic_sky(get_stream("gd-1").footprint, 0)
+
+
+def test_the_injected_luminosity_function_can_be_an_old_populations():
+    # the default (the sky model's halo) is giant-heavy; giant_fraction ~0.002 leaves a GD-1
+    # at ~10 kpc mostly main-sequence stars near the turnoff, like the real one (g 18-21)
+    region = get_stream("gd-1").footprint
+
+    def giants_and_median_g(**kw):
+        cols = synthetic_sky(region, 2000, [Injection("gd-1", 1500, **kw)], seed=4)
+        m = cols["is_stream"]
+        mg = cols["phot_g_mean_mag"][m] - 5 * np.log10(cols["distance_kpc"][m] * 100)
+        return np.mean(mg < 2.5), np.median(cols["phot_g_mean_mag"][m])
+
+    heavy, g_heavy = giants_and_median_g()
+    old, g_old = giants_and_median_g(giant_fraction=0.002)
+    assert heavy > 0.5 and g_heavy < 17
+    assert old < 0.15 and g_old > 19

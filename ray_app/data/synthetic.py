@@ -24,7 +24,7 @@ Units: degrees, mas/yr, mas. ``is_stream`` is the truth label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -160,6 +160,12 @@ class Injection:
         Rotate the injected stream by this angle about its midpoint in the registry frame
         (phi2 gains tan(tilt) x (phi1 - mid)): a stream whose true pole is that far from the
         registry's, to test frame robustness.
+    giant_fraction : float, optional
+        Share of red giants (M_G -2 to 2.5) in the stream's whole population, down to M_G 13.
+        Default: the sky model's halo (0.05), under which giants outnumber the main-sequence
+        stars left above the magnitude limit (66 % of an injected GD-1's kept stars): a
+        giant-heavy stream, brighter than real ones. About 0.002 gives an old population's
+        one giant per ~10 stars of the two magnitudes below the turnoff.
     """
 
     stream: object
@@ -169,6 +175,7 @@ class Injection:
     depth_fraction: float = 0.03
     clumpiness: float = 0.6
     tilt_deg: float = 0.0
+    giant_fraction: float | None = None
 
 
 def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
@@ -210,6 +217,8 @@ def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
     pm2 = np.interp(phi1, t["phi1"], t["pm_phi2"]) + rng.normal(0, sig_pm)
     mu = 5 * np.log10(d * 100.0)
     halo = COMPONENTS[2]  # an old, metal-poor population
+    if inj.giant_fraction is not None:
+        halo = replace(halo, giant_fraction=inj.giant_fraction)
     mg, giant = _draw_abs_mag(halo, g_max - mu, rng)
     g = mg + mu
     colour = _colour(mg, giant, halo.colour_offset, rng)
