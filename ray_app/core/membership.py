@@ -433,21 +433,9 @@ def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
                         CMD_BIN[0])
     m_edges = np.arange(np.nanmin(mag[ok]) - 0.5, np.nanmax(mag[ok]) + 0.5 + CMD_BIN[1],
                         CMD_BIN[1])
-    sigma = (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1])
-
-    def density(weights):
-        h, _, _ = np.histogram2d(colour[ok], mag[ok], bins=(c_edges, m_edges),
-                                 weights=weights[ok])
-        h = gaussian_filter(h, sigma, mode="constant")
-        return h / max(h.sum(), 1e-300)
-
-    field_h = density(control.astype(float))
-    stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
-    i, j = _bin_of(colour, c_edges, field_h.shape[0]), _bin_of(mag, m_edges, field_h.shape[1])
-    tiny = 1e-12
-    ls = np.where(ok, np.log(np.maximum(stream_h[i, j], tiny)), 0.0)
-    lb = np.where(ok, np.log(np.maximum(field_h[i, j], tiny)), 0.0)
-    return ls, lb
+    return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges),
+                                 (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
+                                 w, control, ok)
 
 
 def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
@@ -456,22 +444,33 @@ def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
 
     A stream's stars have their own luminosity function (an old population at one distance),
     unlike the field's mix: without photometry its error distribution is what astrometry
-    knows of it. Learnt like the colour-magnitude term (smoothed histograms, the field's
-    mixed into the stream's at :data:`CMD_FLOOR`); not used with photometry, whose magnitude
-    already carries this information.
+    knows of it. Learnt like the colour-magnitude term; not used with photometry, whose
+    magnitude already carries this information.
     """
     edges = np.arange(quality.min() - 0.2, quality.max() + 0.2 + QUALITY_BIN, QUALITY_BIN)
+    return _learnt_log_densities(quality[:, None], (edges,), (QUALITY_SMOOTH / QUALITY_BIN,),
+                                 w, control, np.ones(len(quality), bool))
+
+
+def _learnt_log_densities(points, edges, smooth, w, control, ok) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """log densities at each star of the stream (weights w) and the field (the control
+    stars) in a few observables (``points``, one column each): Gaussian-smoothed histograms
+    on ``edges`` (``smooth`` in bins), the field's mixed into the stream's at
+    :data:`CMD_FLOOR` so a star off the stream's locus is down-weighted, not excluded.
+    Stars outside ``ok`` (no such observable) get 0 in both."""
 
     def density(weights):
-        h, _ = np.histogram(quality, bins=edges, weights=weights)
-        h = gaussian_filter(h.astype(float), QUALITY_SMOOTH / QUALITY_BIN, mode="constant")
+        h, _ = np.histogramdd(points[ok], bins=edges, weights=weights[ok])
+        h = gaussian_filter(h, smooth, mode="constant")
         return h / max(h.sum(), 1e-300)
 
     field_h = density(control.astype(float))
     stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
-    i = _bin_of(quality, edges, len(field_h))
+    idx = tuple(_bin_of(points[:, d], e, field_h.shape[d]) for d, e in enumerate(edges))
     tiny = 1e-12
-    return np.log(np.maximum(stream_h[i], tiny)), np.log(np.maximum(field_h[i], tiny))
+    return (np.where(ok, np.log(np.maximum(stream_h[idx], tiny)), 0.0),
+            np.where(ok, np.log(np.maximum(field_h[idx], tiny)), 0.0))
 
 
 def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
