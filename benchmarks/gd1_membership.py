@@ -37,6 +37,11 @@ PHOTOMETRY = {"astrometry only": "none",
               "Pan-STARRS g, g-i": "g_mean_psf_mag,g_mean_psf_mag-i_mean_psf_mag"}
 
 
+def in_coverage(cols: dict) -> np.ndarray:
+    """The stars the list could hold: those with Pan-STARRS g and i."""
+    return np.isfinite(cols["g_mean_psf_mag"]) & np.isfinite(cols["i_mean_psf_mag"])
+
+
 def scores(sel: np.ndarray, truth: np.ndarray) -> tuple[int, float, float, float]:
     tp = int(np.sum(sel & truth))
     n, t = int(sel.sum()), int(truth.sum())
@@ -61,7 +66,7 @@ def member_table(path: Path, truth_ids: np.ndarray, tmp: Path) -> tuple[dict, di
         stars, cand = run_job(path, spec, tmp / spec.replace(",", "_"))
         first = first or (stars, cand)
         truth = np.isin(stars["source_id"], truth_ids)
-        covered = np.isfinite(stars["g_mean_psf_mag"]) & np.isfinite(stars["i_mean_psf_mag"])
+        covered = in_coverage(stars)
         rows = [(f"members, {name}", stars["candidate"] == 0)]
         if spec == "none":
             rows.insert(0, ("persistence core", stars["core_candidate"] == 0))
@@ -82,7 +87,7 @@ def excess_table(stars: dict, cand: dict, truth_ids: np.ndarray) -> None:
     d2 = resid("phi2")
     pm_ok = np.hypot(resid("pm_phi1_cosphi2"), resid("pm_phi2")) < 1.0
     on, off = (np.abs(d2) < 0.5) & pm_ok, (np.abs(d2) > 1) & (np.abs(d2) < 4) & pm_ok
-    covered = np.isfinite(stars["g_mean_psf_mag"]) & np.isfinite(stars["i_mean_psf_mag"])
+    covered = in_coverage(stars)
     truth = np.isin(stars["source_id"], truth_ids)
     print("\n| stars | in the field | on the track (1 deg band, stream's motion) | "
           "expected from the field | excess | listed members on the track |")
@@ -118,7 +123,7 @@ def knn_ceiling(X: np.ndarray, y: np.ndarray, n_truth: int, rng) -> float:
 
 def ceiling_table(field: dict, truth_ids: np.ndarray) -> None:
     truth = np.isin(field["source_id"], truth_ids)
-    covered = np.isfinite(field["g_mean_psf_mag"]) & np.isfinite(field["i_mean_psf_mag"])
+    covered = in_coverage(field)
     base = ["phi1", "phi2", "pm_phi1", "pm_phi2", "parallax"]
     print("\n| supervised kNN on the truth list (5-fold CV, best of 10 settings) | all stars | "
           "within coverage |")
