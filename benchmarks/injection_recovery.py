@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_app.data.registry import get_stream
-from ray_app.data.synthetic import Injection, synthetic_sky
+from ray_app.data.synthetic import STREAM_GIANT_FRACTION, Injection, synthetic_sky
 from ray_app.engine.engines import InProcessEngine
 from ray_app.pipeline.params import DEFAULT_FRAME_TILTS, RecoverParams
 from ray_app.pipeline.runner import run_recovery
@@ -42,7 +42,7 @@ from ray_app.pipeline.runner import run_recovery
 
 def one(stream: str, richness: int, background: int, seed: int, tilt: float = 0.0,
         width: float | None = None, tilts=DEFAULT_FRAME_TILTS, photometry=None,
-        giant_fraction: float | None = None) -> dict:
+        giant_fraction: float = STREAM_GIANT_FRACTION) -> dict:
     """One synthetic sky with ``stream`` injected (``tilt`` deg off its registry frame,
     ``width`` deg wide), recovered by the runner searching the frames ``tilts``."""
     info = get_stream(stream)
@@ -128,10 +128,10 @@ def main() -> None:
     ap.add_argument("--photometry", default=None,
                     help="the job's photometry option; 'none': astrometry only "
                          "(default: Gaia G and BP-RP)")
-    ap.add_argument("--giant-fraction", type=float, default=None,
+    ap.add_argument("--giant-fraction", type=float, default=STREAM_GIANT_FRACTION,
                     help="share of red giants in the injected streams' population (default: "
-                         "the sky model's halo, 0.05: giant-heavy; ~0.002 is an old "
-                         "population's)")
+                         f"{STREAM_GIANT_FRACTION}, an old population's; 0.05, the halo "
+                         "field's, gives the giant-heavy streams of tables before 2026-12-02)")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("injection_recovery.png")))
     ap.add_argument("--replot", help="only redraw --plot from this JSON of an earlier run")
     args = ap.parse_args()

@@ -17,7 +17,9 @@ from ray_app.survey.plan import FINE_LEVEL, area_pixels, owner_of, plan_patches
 from ray_app.survey.run import SurveyParams, run_survey
 
 GD1_AREA = {"cone": {"center": [150, 35], "radius": 7}}
-FAST = {"density_scale": 0.006, "n_neighbors": 16, "concurrency": 2}
+# 2000 stream members of an old population (mostly stars near the turnoff, G 19-20.5): enough
+# for GD-1 to be seen by several patches at this field density
+FAST = {"density_scale": 0.006, "n_neighbors": 16, "concurrency": 2, "stream_members": 2000}
 
 
 @pytest.mark.parametrize("area,level", [({"region": GD1_AREA}, 3),

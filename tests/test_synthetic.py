@@ -119,8 +119,8 @@ def test_bad_sizes():
 
 
 def test_the_injected_luminosity_function_can_be_an_old_populations():
-    # the default (the sky model's halo) is giant-heavy; giant_fraction ~0.002 leaves a GD-1
-    # at ~10 kpc mostly main-sequence stars near the turnoff, like the real one (g 18-21)
+    # the default (an old population's) leaves a GD-1 at ~10 kpc mostly main-sequence stars
+    # near the turnoff, like the real one (g 18-21); the halo field's 5 % is giant-heavy
     region = get_stream("gd-1").footprint
 
     def giants_and_median_g(**kw):
@@ -129,7 +129,7 @@ def test_the_injected_luminosity_function_can_be_an_old_populations():
         mg = cols["phot_g_mean_mag"][m] - 5 * np.log10(cols["distance_kpc"][m] * 100)
         return np.mean(mg < 2.5), np.median(cols["phot_g_mean_mag"][m])
 
-    heavy, g_heavy = giants_and_median_g()
-    old, g_old = giants_and_median_g(giant_fraction=0.002)
+    heavy, g_heavy = giants_and_median_g(giant_fraction=0.05)
+    old, g_old = giants_and_median_g()
     assert heavy > 0.5 and g_heavy < 17
     assert old < 0.15 and g_old > 19
