@@ -90,3 +90,30 @@ def test_integer_sigma_is_kept(value, expected):
 def test_bad_sigma_rejected(bad):
     with pytest.raises(ValueError, match="sigmaThreshold"):
         validate_sigma(bad)
+
+
+def _chain(densities):
+    """Persistence of stars on a line (each linked to the next), with these densities."""
+    from ray_app.core.persistence import persistence_from_edges
+
+    f = np.asarray(densities, dtype=float)
+    n = len(f)
+    return f, persistence_from_edges(f, np.arange(n), np.arange(n - 1), np.arange(1, n))
+
+
+def test_a_split_field_dying_into_a_stream_is_the_field_not_a_candidate():
+    from ray_app.core.recovery import field_pairs
+
+    # a dense stream (3 stars), a saddle, the field's denser half (6 stars), then 8 sparse
+    # field stars below the saddle: at its death the field holds 6 of the 10 stars present
+    # but only 6 of all 18
+    f, pers = _chain([10, 9, 9, 2, 5, 4, 4, 4, 4, 4] + [1] * 8)
+    (i,) = np.flatnonzero(pers.younger_size == 6)
+    assert pers.younger_size[i] * 2 < len(f)
+    assert field_pairs(pers, f, background_ceiling=6.0)[i]
+    # a peak denser than the background reaches is an overdensity, not the field
+    assert not field_pairs(pers, f, background_ceiling=4.5)[i]
+    # a small stream dying into the field is never the field
+    f, pers = _chain([6, 5, 5, 5, 5, 5, 2, 4.5, 4, 4] + [1] * 8)
+    (j,) = np.flatnonzero(pers.younger_size == 3)
+    assert not field_pairs(pers, f, background_ceiling=9.0)[j]

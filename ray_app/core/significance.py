@@ -22,16 +22,17 @@ How it is computed
    Per peak, ``S(pi) = 0.25 exp(-(pi - u) / lambda)`` above ``u`` (empirical below).
    A job with ``n`` finite pairs tests ``n`` hypotheses: ``p = 1 - (1 - S)^n`` and
    ``sigma = Phi^-1(1 - p)``.
-3. **Essential classes.** The peak of a whole component never dies; it is scored with its key
-   saddle (``recovery.essential_key_saddles``). If the field (a pair whose dying component
-   holds more than half the stars) dies into it, that saddle is the key saddle, the field pair
-   is not a candidate, and the essential class is tested like the finite pair it would have
-   been (one of the ``n`` tests). Otherwise the key saddle is the first merge with a component
-   whose peak is no denser than the *background ceiling* (the highest density the null copies
-   reach), i.e. where it meets the background rather than its own sub-lumps; its effective
-   persistence is compared with the null copies' essential classes, scored the same way:
-   ``S_ess(x) = exp(-(x - m) / lambda)`` beyond the largest null value ``m`` (empirical
-   fraction, floored at 1/(R+1), below it). One test per component.
+3. **Essential classes.** The peak of a whole component never dies; it is scored with its key saddle
+   (``recovery.essential_key_saddles``). If the field (a pair whose dying component holds more than
+   half the stars, or more than half of those present at its death with a peak the background
+   reaches: ``recovery.field_pairs``) dies into it, that saddle is the key saddle, the field pair is
+   not a candidate, and the essential class is tested like the finite pair it would have been (one
+   of the ``n`` tests). Otherwise the key saddle is the first merge with a component whose peak is
+   no denser than the *background ceiling* (the highest density the null copies reach), i.e. where
+   it meets the background rather than its own sub-lumps; its effective persistence is compared with
+   the null copies' essential classes, scored the same way: ``S_ess(x) = exp(-(x - m) / lambda)``
+   beyond the largest null value ``m`` (empirical fraction, floored at 1/(R+1), below it). One test
+   per component.
 
 Validated by ``tests/test_significance.py`` (false candidates per stream-free catalogue) and
 ``benchmarks/quality.py``.
