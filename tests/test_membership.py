@@ -60,6 +60,39 @@ def test_members_grow_from_a_lump_to_the_stream(sky, rng, use_photometry):
     assert m.track.points()[0]["phi1"] == pytest.approx(m.phi1_range[0], abs=1e-3)
 
 
+def test_a_core_found_in_a_tilted_frame_grows_to_the_stream_not_the_field(sky, rng):
+    # the core of a frame 8 deg off the stream runs across that frame (2 deg of phi2 over
+    # its 15 deg): its width is its spread about its own track, not about one median
+    gd1, cols, raw = sky
+    truth = cols["is_stream"]
+    m = membership_probabilities(raw, _lump_core(raw, truth, rng), feature_errors(cols),
+                                 base_track=gd1.detection_track.tilted(8.0))
+    precision, recall = _scores(m.probability, truth)
+    assert recall > 0.85 and precision > 0.85, (precision, recall)
+    assert 0.1 < m.widths["phi2"] < 0.4
+
+
+def test_a_distant_streams_core_from_a_tilted_frame_does_not_swallow_the_field(rng):
+    # ATLAS-Aliqa Uma at 21.5 kpc: proper motions barely tell it from the field, so the sky
+    # position must; its core from a frame 8 deg off, a fifth of it field stars, once gave
+    # widths of ~3 deg (the tilt taken for width) and a "stream" of most of the job
+    aau = get_stream("atlas-aliqa-uma")
+    cols = synthetic_sky(aau.footprint, 12000, [Injection(aau, 800)], seed=1,
+                         cuts=aau.default_cuts)
+    raw, _ = stream_features(aau.frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"],
+                             cols["parallax"])
+    truth = cols["is_stream"]
+    stretch = (raw["phi1"] > -5) & (raw["phi1"] < 15)
+    lump = np.flatnonzero(truth & stretch)
+    field = rng.choice(np.flatnonzero(~truth & stretch & (np.abs(raw["phi2"]) < 3)),
+                       size=len(lump) // 4, replace=False)
+    m = membership_probabilities(raw, np.union1d(lump, field), feature_errors(cols),
+                                 base_track=aau.detection_track.tilted(-8.0))
+    precision, recall = _scores(m.probability, truth)
+    assert not m.failed and 0.15 < m.widths["phi2"] < 0.4  # injected 0.25 deg wide
+    assert precision > 0.7 and recall > 0.8, (precision, recall)
+
+
 def test_stars_without_photometry_are_not_members(sky, rng):
     gd1, cols, raw = sky
     truth = cols["is_stream"]

@@ -6,15 +6,15 @@ two-component mixture model in (phi1, phi2, pm_phi1_cosphi2, pm_phi2, parallax),
 few EM iterations starting from the core:
 
 **Stream** ``s(x) = rho(phi1) * prod_j N(x_j - t_j(phi1); 0, w_j^2 + e_ij^2)``
-    ``t_j`` is the track (``tracks.fit_track``: weighted medians in ~3 deg phi1 bins, so a
-    field star that a weighted fit still holds cannot drag it); ``w_j`` the intrinsic width
-    of feature j (a robust deconvolution: the width at which the weighted median of
-    ``|r_i| / sqrt(w_j^2 + e_ij^2)`` is a unit normal's, floored at :data:`WIDTH_FLOOR` and
-    capped at :data:`MAX_WIDTH_GROWTH` x the core's own spread, so the stream cannot swallow
-    the field); ``e_ij`` the star's measurement error where the catalogue has error columns;
-    ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow
-    by :data:`GROW_DEG` beyond the current members per iteration, so a long stream is
-    followed out of its core).
+    ``t_j`` is the track (``tracks.fit_track``: weighted medians in ~3 deg phi1 bins, so a field
+    star that a weighted fit still holds cannot drag it); ``w_j`` the intrinsic width of feature j
+    (a robust deconvolution: the width at which the weighted median of ``|r_i| / sqrt(w_j^2 +
+    e_ij^2)`` is a unit normal's, floored at :data:`WIDTH_FLOOR` and capped at
+    :data:`MAX_WIDTH_GROWTH` x the core's own spread about its own track, so the stream cannot
+    swallow the field); ``e_ij`` the star's measurement error where the catalogue has error columns;
+    ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow by
+    :data:`GROW_DEG` beyond the current members per iteration, so a long stream is followed out of
+    its core).
 **Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab, error)``
     learnt from *control* stars, farther than max(1 deg, 4 widths) from the track: never
     from the stars the model currently calls non-members (that circularity lets EM run away
@@ -151,7 +151,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         A track the stream is expected to follow (the detection track of a named stream):
         the fit is made to the residuals about it, so the model follows a curved stream with
         few parameters. ``None``: fit the raw features. Beyond the members the residual
-        track is held flat.
+        track continues along the straight line through its nodes (flat when the base
+        track is right).
     n_iter : int
         EM iterations.
 
@@ -173,8 +174,12 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                   for name in TRACK_FEATURES}
     err2 = {name: np.square(np.nan_to_num(np.asarray(errors[name], dtype=np.float64)))
             if errors and name in errors else np.zeros(n) for name in TRACK_FEATURES}
-    core_spread = {name: max(_spread(resid_base[name][core] - np.median(
-        resid_base[name][core])), WIDTH_FLOOR[name]) for name in TRACK_FEATURES}
+    # the core's spread about its own track: a core found in a frame tilted from the stream
+    # runs across it, and its spread about one median would be the tilt, not the width
+    core_track = fit_track(phi1[core], {name: resid_base[name][core] for name in TRACK_FEATURES},
+                           source="core")
+    core_spread = {name: max(_spread(resid_base[name][core] - core_track.at(phi1[core], name)),
+                             WIDTH_FLOOR[name]) for name in TRACK_FEATURES}
     field_kin = _field_scales(raw)
     # the field is compared at the star's measurement quality where errors are known
     e = errors.get("pm_phi1_cosphi2") if errors else None
@@ -196,7 +201,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             track = fit_track(phi1, resid_base, w, source="membership fit")
         except ValueError:  # the stream faded below a track's worth of stars: keep the last
             break
-        resid = {name: resid_base[name] - _flat(track, phi1, name) for name in TRACK_FEATURES}
+        resid = {name: resid_base[name] - _extended(track, phi1, name)
+                 for name in TRACK_FEATURES}
         widths = {}
         log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
         for name in TRACK_FEATURES:
@@ -301,13 +307,22 @@ def _bin_of(x, edges, n_bins: int) -> np.ndarray:
     return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
 
 
-def _flat(track: Track, phi1, name) -> np.ndarray:
-    """The residual track, held flat beyond its end nodes (no extrapolated slope)."""
+def _extended(track: Track, phi1, name) -> np.ndarray:
+    """The residual track, continued beyond its end nodes along the straight line through all
+    its nodes: a base track off by a tilt (a core found in a tilted frame) is followed along
+    the stream, while a right one (residuals without trend) is held flat; the end nodes'
+    own slope, from a few stars, would swing."""
     vals = track.values.get(name)
     if vals is None or not np.any(np.isfinite(vals)):
         return np.zeros_like(phi1)
     ok = np.isfinite(vals)
-    return np.interp(phi1, track.phi1[ok], vals[ok])
+    x, v = track.phi1[ok], vals[ok]
+    out = np.interp(phi1, x, v)
+    if len(x) >= 2:
+        slope = np.polyfit(x, v, 1)[0]
+        out = np.where(phi1 < x[0], v[0] + slope * (phi1 - x[0]),
+                       np.where(phi1 > x[-1], v[-1] + slope * (phi1 - x[-1]), out))
+    return out
 
 
 def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
@@ -481,8 +496,8 @@ def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
         else np.array([lo])
     values, wid = {}, {}
     for name in TRACK_FEATURES:
-        values[name] = _flat(resid, grid, name) + (base.at(grid, name) if base is not None
-                                                   else 0.0)
+        values[name] = _extended(resid, grid, name) + (base.at(grid, name) if base is not None
+                                                       else 0.0)
         wid[name] = np.full(len(grid), widths.get(name, np.nan))
     return Track(grid, values, wid, source="membership fit" + (
         f" about {base.source}" if base is not None else ""))
