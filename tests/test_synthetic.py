@@ -118,7 +118,7 @@ def test_bad_sizes():
         synthetic_sky(get_stream("gd-1").footprint, 0)
 
 
-def test_the_injected_luminosity_function_can_be_an_old_populations():
+def test_injected_streams_are_an_old_population_by_default():
     # the default (an old population's) leaves a GD-1 at ~10 kpc mostly main-sequence stars
     # near the turnoff, like the real one (g 18-21); the halo field's 5 % is giant-heavy
     region = get_stream("gd-1").footprint
