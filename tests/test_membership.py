@@ -93,6 +93,21 @@ def test_a_distant_streams_core_from_a_tilted_frame_does_not_swallow_the_field(r
     assert precision > 0.7 and recall > 0.8, (precision, recall)
 
 
+def test_a_core_spread_over_the_footprint_leaves_the_field_a_control_region(sky, rng):
+    # a core half of it field stars from all over the +-5 deg footprint: 2.5 x its spread
+    # would let the stream be as wide as the footprint, with no field beside it to learn from
+    gd1, cols, raw = sky
+    truth = cols["is_stream"]
+    stretch = (raw["phi1"] > -45) & (raw["phi1"] < -30)
+    lump = np.flatnonzero(truth & stretch)
+    field = rng.choice(np.flatnonzero(~truth & stretch), size=len(lump), replace=False)
+    m = membership_probabilities(raw, np.union1d(lump, field), feature_errors(cols),
+                                 base_track=gd1.detection_track)
+    precision, recall = _scores(m.probability, truth)
+    assert not m.failed and m.widths["phi2"] < 1.0
+    assert precision > 0.5 and recall > 0.8, (precision, recall)
+
+
 def test_stars_without_photometry_are_not_members(sky, rng):
     gd1, cols, raw = sky
     truth = cols["is_stream"]

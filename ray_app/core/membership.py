@@ -16,7 +16,8 @@ few EM iterations starting from the core:
     :data:`GROW_DEG` beyond the current members per iteration, so a long stream is followed out of
     its core).
 **Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab, error)``
-    learnt from *control* stars, farther than max(1 deg, 4 widths) from the track: never
+    learnt from *control* stars, farther than max(1 deg, 4 widths) from the track (at least
+    a quarter of the stars: the phi2 width is capped so that they exist): never
     from the stars the model currently calls non-members (that circularity lets EM run away
     in either direction). ``h``: the control stars' smoothed sky histogram with the track's
     band filled in from both sides; ``q``: their kNN density in the kinematic space (k =
@@ -71,6 +72,11 @@ GROW_DEG = 4.0
 #: the stream's phi2 width) from the track.
 CONTROL_MIN_DEG = 1.0
 CONTROL_WIDTHS = 4.0
+#: ... and at least this share of the job's stars is control: the stream's phi2 width is
+#: capped at the band that leaves them, over CONTROL_WIDTHS (a stream as wide as the
+#: footprint cannot be told from the field by position, and a model without a field beside
+#: it runs away).
+CONTROL_MIN_SHARE = 0.25
 #: Neighbours of the field's kinematic kNN density.
 FIELD_K = 24
 #: Sky histogram of the field: bin sizes (deg) in phi1 and phi2.
@@ -204,20 +210,24 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         resid = {name: resid_base[name] - _extended(track, phi1, name)
                  for name in TRACK_FEATURES}
         widths = {}
+        # the widest band that leaves CONTROL_MIN_SHARE of the stars beyond it
+        band_max = float(np.quantile(np.abs(resid["phi2"]), 1 - CONTROL_MIN_SHARE))
+        cap = {name: MAX_WIDTH_GROWTH * core_spread[name] for name in TRACK_FEATURES}
+        cap["phi2"] = max(min(cap["phi2"], band_max / CONTROL_WIDTHS), WIDTH_FLOOR["phi2"])
         log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
         for name in TRACK_FEATURES:
             if it == 1:
                 # start wide and let EM contract: started from the core's own (density-cut)
                 # spread, EM settles on the core's lump instead of the stream
-                widths[name] = MAX_WIDTH_GROWTH * core_spread[name]
+                widths[name] = cap[name]
             else:
                 widths[name] = _fit_width(resid[name], err2[name], w, WIDTH_FLOOR[name],
-                                          MAX_WIDTH_GROWTH * core_spread[name])
+                                          cap[name])
             var = widths[name] ** 2 + err2[name]
             log_s += -0.5 * resid[name] ** 2 / var - 0.5 * np.log(2 * np.pi * var)
         # the field is learnt off the track (a control region), never from the stars the
         # model currently calls non-members: that circularity lets EM run away either way
-        band = max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"])
+        band = min(max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"]), band_max)
         control = np.abs(resid["phi2"]) > band
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
