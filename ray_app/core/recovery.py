@@ -121,11 +121,10 @@ def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
 
     * *the field dies into it*: a pair of :func:`field_pairs` (its dying component holds more
       than half the stars) is the field (a smooth background that is one big component),
-      dying into a denser
-      overdensity that holds the global maximum (a stream can: GD-1 is denser than any field
-      star). Had the field's peak been higher, the overdensity would have been a finite pair
-      dying at that same saddle: that saddle is its key saddle, and it is tested like a finite
-      pair (``via_field`` True);
+      dying into a denser overdensity that holds the global maximum (a stream can: GD-1 is
+      denser than any field star). Had the field's peak been higher, the overdensity would
+      have been a finite pair dying at that same saddle: that saddle is its key saddle, and
+      it is tested like a finite pair (``via_field`` True);
     * otherwise the lump is followed down through its merges, highest saddle first: a merging
       component whose peak is denser than ``background_ceiling`` (the highest density the
       background alone reaches, from the null copies) is part of the same overdensity; the
