@@ -120,11 +120,12 @@ def essential_key_saddles(pers: Persistence, log_dens, background_ceiling: float
     Two cases, in this order:
 
     * *the field dies into it*: a pair of :func:`field_pairs` (its dying component holds more
-      than half the stars) is the field (a smooth background that is one big component),
-      dying into a denser overdensity that holds the global maximum (a stream can: GD-1 is
-      denser than any field star). Had the field's peak been higher, the overdensity would
-      have been a finite pair dying at that same saddle: that saddle is its key saddle, and
-      it is tested like a finite pair (``via_field`` True);
+      than half of all the stars, or of those present at its death) is the field (a smooth
+      background that is one big component), dying into a denser overdensity that holds the
+      global maximum (a stream can: GD-1 is denser than any field star). Had the field's
+      peak been higher, the overdensity would have been a finite pair dying at that same
+      saddle: that saddle is its key saddle, and it is tested like a finite pair
+      (``via_field`` True);
     * otherwise the lump is followed down through its merges, highest saddle first: a merging
       component whose peak is denser than ``background_ceiling`` (the highest density the
       background alone reaches, from the null copies) is part of the same overdensity; the
@@ -285,9 +286,10 @@ def candidates(pers: Persistence, log_dens, sigma_threshold: float, null: NullMo
     finite = f[pers.peak] - f[pers.saddle]
     ess_saddle, ess_pers, via_field = essential_key_saddles(pers, f, null.background_ceiling)
     ess_death = np.where(ess_saddle >= 0, f[np.maximum(ess_saddle, 0)], np.nan)
-    # A pair whose dying component holds most of the stars is the field itself, dying into a
-    # denser overdensity that holds the global maximum (a stream can): that overdensity is
-    # scored as an essential class at its key saddle, the field is not a candidate.
+    # A pair whose dying component holds most of the stars (all, or those present at its
+    # death: field_pairs) is the field itself, dying into a denser overdensity that holds the
+    # global maximum (a stream can): that overdensity is scored as an essential class at its
+    # key saddle, the field is not a candidate.
     field = field_pairs(pers, f, null.background_ceiling)
     n_searches = max(int(n_searches), 1)
     n_tests = max(int(np.sum(~field)) + int(np.sum(ess_saddle >= 0)), 1) * n_searches
