@@ -22,9 +22,13 @@ few EM iterations starting from the core:
     in either direction). ``h``: the control stars' smoothed sky histogram with the track's
     band filled in from both sides; ``q``: their kNN density in the kinematic space (k =
     :data:`FIELD_K`, each axis scaled by the field's own robust spread) within ~10 deg phi1
-    slabs (the field's proper-motion gradients along a long footprint are followed) and,
-    where errors are known, conditional on the star's error (a faint star is compared with
-    equally blurred field stars).
+    slabs (the field's proper-motion gradients along a long footprint are followed) and
+    conditional on what else is known of the star: its colour and magnitude where it has
+    photometry (the field's motions depend on them: nearby disc dwarfs move fast, distant
+    halo turnoff stars slowly, so a product of the field's kinematic and colour-magnitude
+    densities would under-state the field exactly where it looks like an old, distant
+    stream), else its error where errors are known (a faint star is compared with equally
+    blurred field stars).
 **Measurement quality** (without photometry, where errors are known) multiplies both by a
     density of the star's log proper-motion error, a brightness proxy: the stream's learnt
     from its members, the field's from the control stars. A stream is one old population at
@@ -231,8 +235,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         control = np.abs(resid["phi2"]) > band
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
-        log_b = _log_sky(raw, resid["phi2"], band, control) + _log_kinematics(
-            raw, control, field_kin, quality)
+        log_b = _log_sky(raw, resid["phi2"], band, control) + _field_log_kinematics(
+            raw, control, field_kin, quality, cmd)
         if cmd is not None:
             cs, cb = _log_cmd(cmd, w, control)
             log_s += cs
@@ -358,34 +362,35 @@ def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
 def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
     """log field density on the sky (per deg^2): the control stars' smoothed histogram, with
     the track's band (|phi2 - track| < band) filled in from both sides (normalised
-    convolution), normalised over the footprint."""
-    phi1, phi2 = raw["phi1"], raw["phi2"]
-    b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + SKY_BINS_DEG[0],
-                   SKY_BINS_DEG[0])
-    b2 = np.arange(np.floor(phi2.min()), np.ceil(phi2.max()) + SKY_BINS_DEG[1],
-                   SKY_BINS_DEG[1])
+    convolution), normalised over the footprint.
+
+    Binned in phi1 and the offset from the track (a shear of the sky: the same area), so the
+    band is a strip of whole bins: a bin the band cuts through holds only part of its field
+    and, counted as field, under-states the field's density right beside the stream.
+    """
+    phi1 = raw["phi1"]
+    y = np.asarray(resid_phi2, dtype=np.float64)
+    step1, step2 = SKY_BINS_DEG
+    b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + step1, step1)
     if len(b1) < 2:
         b1 = np.array([phi1.min() - 1, phi1.max() + 1])
+    b2 = np.arange(np.floor(y.min() / step2) * step2, y.max() + step2, step2)
     if len(b2) < 2:
-        b2 = np.array([phi2.min() - 1, phi2.max() + 1])
-    h, _, _ = np.histogram2d(phi1[control], phi2[control], bins=(b1, b2))
-    # bins inside the band: where the control stars are not counted
-    i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(phi2, b2, h.shape[1])
-    offset = np.zeros(h.shape)
-    np.add.at(offset, (i, j), phi2 - resid_phi2)  # track phi2 at each star, summed per bin
+        b2 = np.array([y.min() - 1, y.max() + 1])
+    h, _, _ = np.histogram2d(phi1[control], y[control], bins=(b1, b2))
+    i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(y, b2, h.shape[1])
     count = np.zeros(h.shape)
     np.add.at(count, (i, j), 1.0)
-    c2 = 0.5 * (b2[:-1] + b2[1:])
-    track_row = np.nanmedian(np.where(count > 0, offset / np.maximum(count, 1), np.nan), axis=1)
-    track_row = np.where(np.isfinite(track_row), track_row, np.nanmedian(phi2 - resid_phi2))
-    mask = (np.abs(c2[None, :] - track_row[:, None]) > band).astype(float)
+    # bins wholly outside the band: the only ones whose counts are the field's
+    outside = (b2[:-1] >= band) | (b2[1:] <= -band)
+    mask = np.broadcast_to(outside[None, :], h.shape).astype(float)
     smooth = (1.0, 2.0)
     num = gaussian_filter(h * mask, smooth, mode="nearest")
     den = gaussian_filter(mask, smooth, mode="nearest")
     filled = np.where(mask > 0, h, num / np.maximum(den, 1e-9))
     filled = np.where(count > 0, filled, 0.0)  # outside the footprint: no field
     filled = gaussian_filter(filled, smooth, mode="nearest")
-    area = SKY_BINS_DEG[0] * SKY_BINS_DEG[1]
+    area = step1 * step2
     dens = filled / max(filled.sum(), 1e-300) / area
     floor = 0.01 / ((b1[-1] - b1[0]) * (b2[-1] - b2[0]))
     return np.log(np.maximum(dens[i, j], floor))
@@ -398,20 +403,39 @@ def _field_scales(raw) -> np.ndarray:
     return np.array([max(_spread(raw[name]), 1e-3) for name in KIN])
 
 
+def _field_log_kinematics(raw, control, scales, quality, cmd) -> np.ndarray:
+    """log field density of each star's motion, conditional on what else is known of it:
+    colour and magnitude where it has photometry, else its log error (``quality``; None:
+    unconditional). The colour-magnitude term multiplies in the field's density of those, so
+    the product is the field's joint density, not a product of its marginals."""
+    if cmd is None:
+        return _log_kinematics(raw, control, scales, quality)
+    mag, colour, ok = cmd
+    # stars without photometry (if any) are compared with the whole field at their error
+    out = _log_kinematics(raw, control, scales, quality) if not ok.all() else np.empty(len(ok))
+    sub = {name: np.asarray(raw[name], dtype=np.float64)[ok] for name in ("phi1",) + KIN}
+    out[ok] = _log_kinematics(sub, control[ok], scales, np.column_stack([colour[ok], mag[ok]]))
+    return out
+
+
 def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
                     slab_deg: float = 10.0, min_stars: int = 200) -> np.ndarray:
     """log density of the reference (field) stars in (pm1, pm2, parallax), per phi1 slab.
 
-    ``cond`` (optional, per star): a measure of measurement quality (log error). The density
-    is then conditional on it, ``q(kin | cond) = q(kin, cond) / q(cond)`` (two kNN densities):
-    a faint star's observed motion is compared with faint field stars, whose observed motions
-    are as blurred as its own, not with the sharp distribution of bright ones.
+    ``cond`` (optional; per star, one or more columns): what else is known of a star (its
+    log error, or its colour and magnitude). The density is then conditional on it,
+    ``q(kin | cond)`` (:func:`_conditional_log_density`; each column scaled by its robust
+    spread): a faint star's observed motion is compared with faint field stars, whose
+    observed motions are as blurred as its own, and a blue turnoff star's with the field's
+    distant turnoff stars, not with the whole field's mix.
     """
     phi1 = raw["phi1"]
     Y = np.column_stack([raw[name] for name in KIN]) / scales
+    m = 0
     if cond is not None:
-        c = np.asarray(cond, dtype=np.float64)
-        c = (c - np.median(c)) / max(_spread(c), 1e-6)
+        c = np.asarray(cond, dtype=np.float64).reshape(len(phi1), -1)
+        m = c.shape[1]
+        c = (c - np.median(c, axis=0)) / np.array([max(_spread(col), 1e-6) for col in c.T])
         Y = np.column_stack([Y, c])
     out = np.empty(len(phi1))
     order = np.argsort(phi1, kind="stable")
@@ -423,10 +447,32 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         if is_ref.sum() < 2:  # a slab without field of its own: its stars stand for it
             is_ref = np.ones(len(rows), bool)
         ref = rows[is_ref]
-        out[rows] = _knn_log_density(Y[ref], Y[rows], is_ref)
-        if cond is not None:
-            out[rows] -= _knn_log_density(Y[ref][:, -1:], Y[rows][:, -1:], is_ref)
+        out[rows] = (_conditional_log_density(Y[ref], Y[rows], is_ref, m) if m
+                     else _knn_log_density(Y[ref], Y[rows], is_ref))
     return out - np.sum(np.log(scales))
+
+
+def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
+                             m: int) -> np.ndarray:
+    """log density of ``ref`` in its leading columns, conditional on its last ``m``, at
+    ``query`` (a reference star does not count itself).
+
+    The k-th neighbour in the joint space under the max-norm sets a half-width ``r``; of
+    the ``n_c`` reference stars within ``r`` in the conditioning columns alone, ``k`` are
+    within ``r`` in the leading ones too: ``q = k / (n_c (2 r)^d)``. The joint and the
+    marginal counts share one box in the conditioning columns, so the smoothing there
+    cancels; a ratio of two kNN densities smooths the joint (more dimensions) more widely
+    than the marginal and under-states the field wherever its conditioning distribution is
+    sharp (a colour-magnitude sequence), which over-states every membership there.
+    """
+    d = ref.shape[1] - m
+    k = min(FIELD_K, len(ref) - 1)
+    dist, _ = cKDTree(ref).query(query, k=k + 1, p=np.inf)
+    dist = dist.reshape(len(query), k + 1)
+    r = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
+    n_c = cKDTree(ref[:, d:]).query_ball_point(query[:, d:], r, p=np.inf, return_length=True)
+    n_c = np.maximum(n_c - query_is_ref, k)
+    return np.log(k) - np.log(n_c) - d * np.log(2 * r)
 
 
 def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray) -> np.ndarray:
@@ -483,19 +529,38 @@ def _learnt_log_densities(points, edges, smooth, w, control, ok) -> tuple[np.nda
     stars) in a few observables (``points``, one column each): Gaussian-smoothed histograms
     on ``edges`` (``smooth`` in bins), the field's mixed into the stream's at
     :data:`CMD_FLOOR` so a star off the stream's locus is down-weighted, not excluded.
-    Stars outside ``ok`` (no such observable) get 0 in both."""
+    Stars outside ``ok`` (no such observable) get 0 in both.
+
+    Each star's densities leave the star itself out: with a few hundred members and a
+    smoothing kernel narrower than the stream's locus, a field star's own weight can
+    outweigh the stream's density where it sits, and EM then keeps every such star at the
+    probability it started with (over-confident probabilities).
+    """
+    idx = tuple(_bin_of(points[:, d], e, len(e) - 1) for d, e in enumerate(edges))
+    # a unit weight's share of its own bin after the smoothing
+    self_share = float(np.prod([_central_tap(s) for s in smooth]))
 
     def density(weights):
+        weights = np.where(ok, weights, 0.0)
         h, _ = np.histogramdd(points[ok], bins=edges, weights=weights[ok])
         h = gaussian_filter(h, smooth, mode="constant")
-        return h / max(h.sum(), 1e-300)
+        return np.maximum(h[idx] - weights * self_share, 0.0) / np.maximum(
+            h.sum() - weights, 1e-300)
 
-    field_h = density(control.astype(float))
-    stream_h = (1 - CMD_FLOOR) * density(w) + CMD_FLOOR * field_h
-    idx = tuple(_bin_of(points[:, d], e, field_h.shape[d]) for d, e in enumerate(edges))
+    field_at = density(control.astype(float))
+    stream_at = density(np.asarray(w, dtype=np.float64))
+    stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
     tiny = 1e-12
-    return (np.where(ok, np.log(np.maximum(stream_h[idx], tiny)), 0.0),
-            np.where(ok, np.log(np.maximum(field_h[idx], tiny)), 0.0))
+    return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),
+            np.where(ok, np.log(np.maximum(field_at, tiny)), 0.0))
+
+
+def _central_tap(sigma: float) -> float:
+    """Value at the centre of a unit impulse after ``gaussian_filter`` with ``sigma`` (bins)."""
+    r = int(4.0 * sigma + 0.5) + 1
+    delta = np.zeros(2 * r + 1)
+    delta[r] = 1.0
+    return float(gaussian_filter(delta, sigma, mode="constant")[r])
 
 
 def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
