@@ -343,8 +343,9 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                 "stars_with_photometry": int(np.sum(np.isfinite(phot[0])
                                                     & np.isfinite(phot[1]))),
                 "rule": "colour-magnitude likelihood ratio learnt from the candidate's members "
-                        "against the off-track field; stars without photometry are not "
-                        "members"},
+                        "against the off-track field, and the field's kinematic density "
+                        "conditional on colour and magnitude; stars without photometry are "
+                        "not members"},
             "errors": sorted(errors),
             "quality": "without photometry, a star's log proper-motion error (a brightness "
                        "proxy) enters as a learnt stream against field density; per candidate "
