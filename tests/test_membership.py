@@ -12,7 +12,6 @@ from ray_app.core.membership import (
     _fit_width,
     _learnt_log_densities,
     _log_quality,
-    _log_sky,
     membership_probabilities,
     validate_member_probability,
 )
@@ -259,17 +258,3 @@ def test_a_learnt_density_leaves_the_star_itself_out(rng):
     assert ls[-1] - lb[-1] == pytest.approx(np.log(CMD_FLOOR), abs=0.1)
     # the stream's stars still see each other
     assert np.median(ls[len(field):-1] - lb[len(field):-1]) > np.log(10)
-
-
-@pytest.mark.parametrize("curvature, band", [(0.0, 1.0), (0.01, 1.1)])
-def test_the_fields_sky_density_beside_the_track_is_not_understated(rng, curvature, band):
-    # a uniform field around a track: the band filled in from both sides has the field's
-    # density (bins the band cut through, counted as field, understated it by 5-8 %)
-    n = 40000
-    phi1 = rng.uniform(-20, 20, n)
-    track = curvature * phi1 ** 2 + 0.3
-    phi2 = track + rng.uniform(-5, 5, n)
-    resid = phi2 - track
-    log_h = _log_sky({"phi1": phi1, "phi2": phi2}, resid, band, np.abs(resid) > band)
-    inner = (np.abs(resid) < band) & (np.abs(phi1) < 15)
-    assert np.median(log_h[inner]) == pytest.approx(-np.log(40 * 10), abs=0.03)

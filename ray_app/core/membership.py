@@ -362,35 +362,34 @@ def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
 def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
     """log field density on the sky (per deg^2): the control stars' smoothed histogram, with
     the track's band (|phi2 - track| < band) filled in from both sides (normalised
-    convolution), normalised over the footprint.
-
-    Binned in phi1 and the offset from the track (a shear of the sky: the same area), so the
-    band is a strip of whole bins: a bin the band cuts through holds only part of its field
-    and, counted as field, under-states the field's density right beside the stream.
-    """
-    phi1 = raw["phi1"]
-    y = np.asarray(resid_phi2, dtype=np.float64)
-    step1, step2 = SKY_BINS_DEG
-    b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + step1, step1)
+    convolution), normalised over the footprint."""
+    phi1, phi2 = raw["phi1"], raw["phi2"]
+    b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + SKY_BINS_DEG[0],
+                   SKY_BINS_DEG[0])
+    b2 = np.arange(np.floor(phi2.min()), np.ceil(phi2.max()) + SKY_BINS_DEG[1],
+                   SKY_BINS_DEG[1])
     if len(b1) < 2:
         b1 = np.array([phi1.min() - 1, phi1.max() + 1])
-    b2 = np.arange(np.floor(y.min() / step2) * step2, y.max() + step2, step2)
     if len(b2) < 2:
-        b2 = np.array([y.min() - 1, y.max() + 1])
-    h, _, _ = np.histogram2d(phi1[control], y[control], bins=(b1, b2))
-    i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(y, b2, h.shape[1])
+        b2 = np.array([phi2.min() - 1, phi2.max() + 1])
+    h, _, _ = np.histogram2d(phi1[control], phi2[control], bins=(b1, b2))
+    # bins inside the band: where the control stars are not counted
+    i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(phi2, b2, h.shape[1])
+    offset = np.zeros(h.shape)
+    np.add.at(offset, (i, j), phi2 - resid_phi2)  # track phi2 at each star, summed per bin
     count = np.zeros(h.shape)
     np.add.at(count, (i, j), 1.0)
-    # bins wholly outside the band: the only ones whose counts are the field's
-    outside = (b2[:-1] >= band) | (b2[1:] <= -band)
-    mask = np.broadcast_to(outside[None, :], h.shape).astype(float)
+    c2 = 0.5 * (b2[:-1] + b2[1:])
+    track_row = np.nanmedian(np.where(count > 0, offset / np.maximum(count, 1), np.nan), axis=1)
+    track_row = np.where(np.isfinite(track_row), track_row, np.nanmedian(phi2 - resid_phi2))
+    mask = (np.abs(c2[None, :] - track_row[:, None]) > band).astype(float)
     smooth = (1.0, 2.0)
     num = gaussian_filter(h * mask, smooth, mode="nearest")
     den = gaussian_filter(mask, smooth, mode="nearest")
     filled = np.where(mask > 0, h, num / np.maximum(den, 1e-9))
     filled = np.where(count > 0, filled, 0.0)  # outside the footprint: no field
     filled = gaussian_filter(filled, smooth, mode="nearest")
-    area = step1 * step2
+    area = SKY_BINS_DEG[0] * SKY_BINS_DEG[1]
     dens = filled / max(filled.sum(), 1e-300) / area
     floor = 0.01 / ((b1[-1] - b1[0]) * (b2[-1] - b2[0]))
     return np.log(np.maximum(dens[i, j], floor))
