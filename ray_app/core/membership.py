@@ -411,14 +411,15 @@ def _field_log_kinematics(raw, control, scales, quality, cmd) -> np.ndarray:
         return _log_kinematics(raw, control, scales, quality)
     mag, colour, ok = cmd
     # stars without photometry (if any) are compared with the whole field at their error
-    out = _log_kinematics(raw, control, scales, quality) if not ok.all() else np.empty(len(ok))
+    out = _log_kinematics(raw, control, scales, quality, wanted=~ok)
     sub = {name: np.asarray(raw[name], dtype=np.float64)[ok] for name in ("phi1",) + KIN}
     out[ok] = _log_kinematics(sub, control[ok], scales, np.column_stack([colour[ok], mag[ok]]))
     return out
 
 
 def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
-                    slab_deg: float = 10.0, min_stars: int = 200) -> np.ndarray:
+                    slab_deg: float = 10.0, min_stars: int = 200,
+                    wanted: np.ndarray | None = None) -> np.ndarray:
     """log density of the reference (field) stars in (pm1, pm2, parallax), per phi1 slab.
 
     ``cond`` (optional; per star, one or more columns): what else is known of a star (its
@@ -426,7 +427,8 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
     ``q(kin | cond)`` (:func:`_conditional_log_density`; each column scaled by its robust
     spread): a faint star's observed motion is compared with faint field stars, whose
     observed motions are as blurred as its own, and a blue turnoff star's with the field's
-    distant turnoff stars, not with the whole field's mix.
+    distant turnoff stars, not with the whole field's mix. ``wanted`` (optional, boolean per
+    star): only those stars are evaluated (the rest are NaN); the slabs stay the same.
     """
     phi1 = raw["phi1"]
     Y = np.column_stack([raw[name] for name in KIN]) / scales
@@ -436,7 +438,7 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         m = c.shape[1]
         c = (c - np.median(c, axis=0)) / np.array([max(_spread(col), 1e-6) for col in c.T])
         Y = np.column_stack([Y, c])
-    out = np.empty(len(phi1))
+    out = np.full(len(phi1), np.nan)
     order = np.argsort(phi1, kind="stable")
     # slabs of ~slab_deg with at least min_stars reference stars (merged when sparse)
     edges = phi1_bins(phi1[order], reference[order], slab_deg, min_stars)
@@ -446,8 +448,12 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         if is_ref.sum() < 2:  # a slab without field of its own: its stars stand for it
             is_ref = np.ones(len(rows), bool)
         ref = rows[is_ref]
-        out[rows] = (_conditional_log_density(Y[ref], Y[rows], is_ref, m) if m
-                     else _knn_log_density(Y[ref], Y[rows], is_ref))
+        keep = np.ones(len(rows), bool) if wanted is None else wanted[rows]
+        if not keep.any():
+            continue
+        q = rows[keep]
+        out[q] = (_conditional_log_density(Y[ref], Y[q], is_ref[keep], m) if m
+                  else _knn_log_density(Y[ref], Y[q], is_ref[keep]))
     return out - np.sum(np.log(scales))
 
 
