@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
-from scipy.special import gammaln
+from scipy.special import gammaln, log_ndtr
 
 from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, weighted_quantile
 
@@ -196,6 +196,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     quality = np.log(np.clip(np.nan_to_num(np.asarray(e, dtype=np.float64), nan=1.0), 1e-3,
                              None)) if e is not None else None
     cmd = _cmd_arrays(photometry, n)
+    # catalogues are cut at a largest parallax (Gaia queries: parallax < 1 mas), which
+    # truncates a faint member's observed parallax; the field's kNN density sees the cut, so
+    # the stream's Gaussian must too. Without a cut the largest parallax is far out: no change
+    plx_top = float(np.nanmax(raw["parallax"])) if n else np.inf
     use_quality = cmd is None and quality is not None
 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
@@ -228,7 +232,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                 widths[name] = _fit_width(resid[name], err2[name], w, WIDTH_FLOOR[name],
                                           cap[name])
             var = widths[name] ** 2 + err2[name]
-            log_s += -0.5 * resid[name] ** 2 / var - 0.5 * np.log(2 * np.pi * var)
+            # the observed parallax is below the cut: resid < cut - model
+            upper = (plx_top - (np.asarray(raw[name], dtype=np.float64) - resid[name])
+                     if name == "parallax" else np.inf)
+            log_s += _log_truncated_normal(resid[name], var, upper)
         # the field is learnt off the track (a control region), never from the stars the
         # model currently calls non-members: that circularity lets EM run away either way
         band = min(max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"]), band_max)
@@ -236,7 +243,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
         log_b = _log_sky(raw, resid["phi2"], band, control) + _field_log_kinematics(
-            raw, control, field_kin, quality, cmd)
+            raw, control, field_kin, quality, cmd, plx_top)
         if cmd is not None:
             cs, cb = _log_cmd(cmd, w, control)
             log_s += cs
@@ -275,6 +282,16 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
 
 
 # ----------------------------------------------------------------------------- pieces
+def _log_truncated_normal(x, var, upper=np.inf) -> np.ndarray:
+    """log density at ``x`` of a zero-mean normal of variance ``var`` cut at ``x < upper``
+    (``inf``: not cut). A catalogue's parallax cut removes the part of a faint member's
+    error distribution beyond it; the rest must still integrate to one, or the faint
+    members (whose errors reach the cut) are under-stated against the field, whose kNN
+    density sees the cut."""
+    x, var = np.asarray(x, dtype=np.float64), np.asarray(var, dtype=np.float64)
+    return -0.5 * x ** 2 / var - 0.5 * np.log(2 * np.pi * var) - log_ndtr(upper / np.sqrt(var))
+
+
 def _spread(v, w=None) -> float:
     """Weighted 1.4826 x MAD about the weighted median."""
     v = np.asarray(v, dtype=np.float64)
@@ -402,24 +419,27 @@ def _field_scales(raw) -> np.ndarray:
     return np.array([max(_spread(raw[name]), 1e-3) for name in KIN])
 
 
-def _field_log_kinematics(raw, control, scales, quality, cmd) -> np.ndarray:
+def _field_log_kinematics(raw, control, scales, quality, cmd,
+                          plx_top: float = np.inf) -> np.ndarray:
     """log field density of each star's motion, conditional on what else is known of it:
     colour and magnitude where it has photometry, else its log error (``quality``; None:
     unconditional). The colour-magnitude term multiplies in the field's density of those, so
-    the product is the field's joint density, not a product of its marginals."""
+    the product is the field's joint density, not a product of its marginals. ``plx_top``:
+    the catalogue's parallax cut (mas; see :func:`_log_kinematics`)."""
     if cmd is None:
-        return _log_kinematics(raw, control, scales, quality)
+        return _log_kinematics(raw, control, scales, quality, plx_top=plx_top)
     mag, colour, ok = cmd
     # stars without photometry (if any) are compared with the whole field at their error
-    out = _log_kinematics(raw, control, scales, quality, wanted=~ok)
+    out = _log_kinematics(raw, control, scales, quality, wanted=~ok, plx_top=plx_top)
     sub = {name: np.asarray(raw[name], dtype=np.float64)[ok] for name in ("phi1",) + KIN}
-    out[ok] = _log_kinematics(sub, control[ok], scales, np.column_stack([colour[ok], mag[ok]]))
+    out[ok] = _log_kinematics(sub, control[ok], scales, np.column_stack([colour[ok], mag[ok]]),
+                              plx_top=plx_top)
     return out
 
 
 def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
                     slab_deg: float = 10.0, min_stars: int = 200,
-                    wanted: np.ndarray | None = None) -> np.ndarray:
+                    wanted: np.ndarray | None = None, plx_top: float = np.inf) -> np.ndarray:
     """log density of the reference (field) stars in (pm1, pm2, parallax), per phi1 slab.
 
     ``cond`` (optional; per star, one or more columns): what else is known of a star (its
@@ -429,9 +449,15 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
     observed motions are as blurred as its own, and a blue turnoff star's with the field's
     distant turnoff stars, not with the whole field's mix. ``wanted`` (optional, boolean per
     star): only those stars are evaluated (the rest are NaN); the slabs stay the same.
+
+    ``plx_top`` (mas): the catalogue's parallax cut. No field star lies beyond it, so a kNN
+    box that reaches past it holds fewer stars than the field's density there would put in
+    it (up to half as many at the cut, where faint stars pile up); the stars mirrored about
+    the cut fill in what the box loses (the reflection boundary correction). ``inf``: none.
     """
     phi1 = raw["phi1"]
     Y = np.column_stack([raw[name] for name in KIN]) / scales
+    top = plx_top / scales[KIN.index("parallax")]
     m = 0
     if cond is not None:
         c = np.asarray(cond, dtype=np.float64).reshape(len(phi1), -1)
@@ -452,13 +478,13 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         if not keep.any():
             continue
         q = rows[keep]
-        out[q] = (_conditional_log_density(Y[ref], Y[q], is_ref[keep], m) if m
-                  else _knn_log_density(Y[ref], Y[q], is_ref[keep]))
+        out[q] = (_conditional_log_density(Y[ref], Y[q], is_ref[keep], m, top) if m
+                  else _knn_log_density(Y[ref], Y[q], is_ref[keep], top))
     return out - np.sum(np.log(scales))
 
 
 def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
-                             m: int) -> np.ndarray:
+                             m: int, top: float = np.inf) -> np.ndarray:
     """log density of ``ref`` in its leading columns, conditional on its last ``m``, at
     ``query`` (a reference star does not count itself).
 
@@ -469,6 +495,8 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
     cancels; a ratio of two kNN densities smooths the joint (more dimensions) more widely
     than the marginal and under-states the field wherever its conditioning distribution is
     sharp (a colour-magnitude sequence), which over-states every membership there.
+    ``top``: see :func:`_mirrored_count` (the marginal count needs none: the cut is in the
+    leading columns).
     """
     d = ref.shape[1] - m
     k = min(FIELD_K, len(ref) - 1)
@@ -477,18 +505,45 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
     r = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
     n_c = cKDTree(ref[:, d:]).query_ball_point(query[:, d:], r, p=np.inf, return_length=True)
     n_c = np.maximum(n_c - query_is_ref, k)
-    return np.log(k) - np.log(n_c) - d * np.log(2 * r)
+    count = k + _mirrored_count(ref, query, query_is_ref, r, top, np.inf)
+    return np.log(count) - np.log(n_c) - d * np.log(2 * r)
 
 
-def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray) -> np.ndarray:
-    """log kNN density of ``ref`` at ``query`` (a reference star does not count itself)."""
+def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
+                     top: float = np.inf) -> np.ndarray:
+    """log kNN density of ``ref`` at ``query`` (a reference star does not count itself;
+    ``top``: see :func:`_mirrored_count`)."""
     d = ref.shape[1]
     k = min(FIELD_K, len(ref) - 1)
     dist, _ = cKDTree(ref).query(query, k=k + 1)
     dist = dist.reshape(len(query), k + 1)
     rk = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
     log_vd = 0.5 * d * np.log(np.pi) - gammaln(0.5 * d + 1)
-    return np.log(k) - np.log(len(ref)) - log_vd - d * np.log(rk)
+    count = k + _mirrored_count(ref, query, query_is_ref, rk, top, 2.0)
+    return np.log(count) - np.log(len(ref)) - log_vd - d * np.log(rk)
+
+
+def _mirrored_count(ref, query, query_is_ref, r, top: float, norm: float) -> np.ndarray:
+    """Reference stars mirrored about ``top`` in the parallax column (a catalogue cut: no
+    star lies beyond it) within ``r`` of each query (Minkowski ``norm``), a reference
+    star's own mirror left out: what a kNN ball reaching past the cut lost of the field's
+    density (the reflection boundary correction). 0 for every query when ``top`` is inf.
+    """
+    col = KIN.index("parallax")
+    gap = top - query[:, col]  # a mirrored star is at least this far beyond the query
+    near = np.isfinite(top) & (gap < r)  # a ball that does not reach the cut loses nothing
+    out = np.zeros(len(query))
+    if not near.any():
+        return out
+    close = (top - ref[:, col]) <= float(np.max(r[near] - gap[near]))
+    if not close.any():
+        return out
+    mirrored = ref[close].copy()
+    mirrored[:, col] = 2.0 * top - mirrored[:, col]
+    found = cKDTree(mirrored).query_ball_point(query[near], r[near], p=norm, return_length=True)
+    own = query_is_ref[near] & (2.0 * gap[near] <= r[near])  # the query's own mirror
+    out[near] = found - own
+    return np.maximum(out, 0.0)
 
 
 def _cmd_arrays(photometry, n):
