@@ -19,8 +19,11 @@ few EM iterations starting from the core:
     learnt from *control* stars, farther than max(1 deg, 4 widths) from the track (at least
     a quarter of the stars: the phi2 width is capped so that they exist): never
     from the stars the model currently calls non-members (that circularity lets EM run away
-    in either direction). ``h``: the control stars' smoothed sky histogram with the track's
-    band filled in from both sides; ``q``: their kNN density in the kinematic space (k =
+    in either direction). ``h``: the control stars' surface density over the area they
+    were counted on (inside the footprint, outside the track's band: a normalised
+    convolution, so the band is filled in from both sides and neither a round survey patch's
+    edge nor a curved track's slant across the bins under-counts the field), per field star
+    of the model; ``q``: their kNN density in the kinematic space (k =
     :data:`FIELD_K`, each axis scaled by the field's own robust spread) within ~10 deg phi1
     slabs (the field's proper-motion gradients along a long footprint are followed) and
     conditional on what else is known of the star: its colour and magnitude where it has
@@ -52,7 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.special import gammaln, log_ndtr
 
@@ -242,8 +245,9 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         control = np.abs(resid["phi2"]) > band
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
-        log_b = _log_sky(raw, resid["phi2"], band, control) + _field_log_kinematics(
-            raw, control, field_kin, quality, cmd, plx_top)
+        frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
+        log_b = _log_sky(raw, resid["phi2"], band, control, n * (1 - frac)) \
+            + _field_log_kinematics(raw, control, field_kin, quality, cmd, plx_top)
         if cmd is not None:
             cs, cb = _log_cmd(cmd, w, control)
             log_s += cs
@@ -252,7 +256,6 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             qs, qb = _log_quality(quality, w, control)
             log_s += qs
             log_b += qb
-        frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
         logit = np.log(frac) + log_s - np.log1p(-frac) - log_b
         p_new = 1.0 / (1.0 + np.exp(-np.clip(logit, -700, 700)))
         members = p_new >= 0.5
@@ -376,11 +379,22 @@ def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
         return np.log(dens[idx])
 
 
-def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
-    """log field density on the sky (per deg^2): the control stars' smoothed histogram, with
-    the track's band (|phi2 - track| < band) filled in from both sides (normalised
-    convolution), normalised over the footprint."""
-    phi1, phi2 = raw["phi1"], raw["phi2"]
+def _log_sky(raw, resid_phi2, band, control, n_field: float) -> np.ndarray:
+    """log field density on the sky at each star (per deg^2, per field star): the control
+    stars' surface density, ``n_field`` the model's number of field stars.
+
+    The surface density is a normalised convolution on a phi1 x phi2 grid
+    (:data:`SKY_BINS_DEG`): the control stars' counts over the area they were counted on
+    (each bin's *exposure*: its share of fine cells that hold stars, i.e. inside the
+    footprint, and lie outside the track's band), both Gaussian-smoothed. So the band is
+    filled in from beside it, bins the band or the footprint's edge cuts through are not
+    under-counted (a curved track crosses a 5 deg row at a slant, a survey patch is round),
+    and nothing is lost to smoothing beyond the footprint. Where no exposure lies within the
+    smoothing (a band wider than the footprint's row), a four times wider smoothing, then
+    the whole footprint's mean density, fill in.
+    """
+    phi1, phi2 = np.asarray(raw["phi1"], dtype=np.float64), np.asarray(raw["phi2"],
+                                                                       dtype=np.float64)
     b1 = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + SKY_BINS_DEG[0],
                    SKY_BINS_DEG[0])
     b2 = np.arange(np.floor(phi2.min()), np.ceil(phi2.max()) + SKY_BINS_DEG[1],
@@ -390,26 +404,56 @@ def _log_sky(raw, resid_phi2, band, control) -> np.ndarray:
     if len(b2) < 2:
         b2 = np.array([phi2.min() - 1, phi2.max() + 1])
     h, _, _ = np.histogram2d(phi1[control], phi2[control], bins=(b1, b2))
-    # bins inside the band: where the control stars are not counted
+    exposure, coverage = _sky_exposure(phi1, phi2, phi2 - resid_phi2, band, b1, b2)
+    area = np.diff(b1)[:, None] * np.diff(b2)[None, :]
+    smooth = np.array([1.0, 2.0])
+    # a bin mostly outside the band: its own count over its exposed area
+    dens = np.where(exposure >= 0.5, h / np.maximum(exposure * area, 1e-300), np.nan)
+    for scale in (1.0, 4.0):  # the rest: the counts around it over the area they fell on
+        num = gaussian_filter(h, smooth * scale, mode="constant")
+        den = gaussian_filter(exposure * area, smooth * scale, mode="constant")
+        # any exposure within the kernel (truncated at 4 sigma): the nearest counts fill in
+        ok = np.isnan(dens) & (den > 1e-3 * area * _central_tap(smooth[0] * scale)
+                               * _central_tap(smooth[1] * scale))
+        dens[ok] = num[ok] / den[ok]
+    total = float(np.sum(exposure * area))
+    dens = np.where(np.isnan(dens), h.sum() / total if total > 0 else 0.0, dens)
+    # smoothed over the footprint alone (weighted by the area each bin has in it)
+    weight = coverage * area
+    dens = gaussian_filter(dens * weight, smooth, mode="constant") / np.maximum(
+        gaussian_filter(weight, smooth, mode="constant"), 1e-300)
     i, j = _bin_of(phi1, b1, h.shape[0]), _bin_of(phi2, b2, h.shape[1])
-    offset = np.zeros(h.shape)
-    np.add.at(offset, (i, j), phi2 - resid_phi2)  # track phi2 at each star, summed per bin
-    count = np.zeros(h.shape)
-    np.add.at(count, (i, j), 1.0)
-    c2 = 0.5 * (b2[:-1] + b2[1:])
-    track_row = np.nanmedian(np.where(count > 0, offset / np.maximum(count, 1), np.nan), axis=1)
-    track_row = np.where(np.isfinite(track_row), track_row, np.nanmedian(phi2 - resid_phi2))
-    mask = (np.abs(c2[None, :] - track_row[:, None]) > band).astype(float)
-    smooth = (1.0, 2.0)
-    num = gaussian_filter(h * mask, smooth, mode="nearest")
-    den = gaussian_filter(mask, smooth, mode="nearest")
-    filled = np.where(mask > 0, h, num / np.maximum(den, 1e-9))
-    filled = np.where(count > 0, filled, 0.0)  # outside the footprint: no field
-    filled = gaussian_filter(filled, smooth, mode="nearest")
-    area = SKY_BINS_DEG[0] * SKY_BINS_DEG[1]
-    dens = filled / max(filled.sum(), 1e-300) / area
-    floor = 0.01 / ((b1[-1] - b1[0]) * (b2[-1] - b2[0]))
-    return np.log(np.maximum(dens[i, j], floor))
+    floor = 0.01 * max(len(phi1), 1) / ((b1[-1] - b1[0]) * (b2[-1] - b2[0]))
+    return np.log(np.maximum(dens[i, j], floor)) - np.log(max(n_field, 1.0))
+
+
+def _sky_exposure(phi1, phi2, track_phi2, band, b1, b2, stars_per_cell: float = 8.0):
+    """Share of each sky bin that is inside the footprint and outside the track's band, and
+    share inside the footprint.
+
+    Each bin is cut into fine cells sized to hold ``stars_per_cell`` stars on average over
+    the footprint's bounding box; a cell is inside the footprint when it holds a star or
+    is closed in by ones that do (a morphological closing: where the field thins, a cell
+    inside the footprint can be empty by chance), and outside the band when its centre is
+    farther than ``band`` from the track (``track_phi2``: the track's phi2 at each star,
+    interpolated in phi1).
+    """
+    target = stars_per_cell * (b1[-1] - b1[0]) * (b2[-1] - b2[0]) / max(len(phi1), 1)
+    n2 = max(int((b2[1] - b2[0]) / np.sqrt(target)), 1)
+    n1 = max(int((b1[1] - b1[0]) * (b2[1] - b2[0]) / n2 / target), 1)
+    f1 = np.linspace(b1[0], b1[-1], (len(b1) - 1) * n1 + 1)
+    f2 = np.linspace(b2[0], b2[-1], (len(b2) - 1) * n2 + 1)
+    held, _, _ = np.histogram2d(phi1, phi2, bins=(f1, f2))
+    # padded, so the closing does not erode cells on the grid's own edge
+    inside = binary_closing(np.pad(held > 0, 1), np.ones((3, 3), bool))[1:-1, 1:-1]
+    c1, c2 = 0.5 * (f1[:-1] + f1[1:]), 0.5 * (f2[:-1] + f2[1:])
+    order = np.argsort(phi1, kind="stable")
+    track = np.interp(c1, phi1[order], track_phi2[order])
+    outside = np.abs(c2[None, :] - track[:, None]) > band
+    def share(cells):
+        return cells.astype(float).reshape(len(b1) - 1, n1, len(b2) - 1, n2).mean(axis=(1, 3))
+
+    return share(inside & outside), share(inside)
 
 
 KIN = ("pm_phi1_cosphi2", "pm_phi2", "parallax")
