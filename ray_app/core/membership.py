@@ -383,15 +383,15 @@ def _log_sky(raw, resid_phi2, band, control, n_field: float) -> np.ndarray:
     """log field density on the sky at each star (per deg^2, per field star): the control
     stars' surface density, ``n_field`` the model's number of field stars.
 
-    The surface density is a normalised convolution on a phi1 x phi2 grid
-    (:data:`SKY_BINS_DEG`): the control stars' counts over the area they were counted on
-    (each bin's *exposure*: its share of fine cells that hold stars, i.e. inside the
-    footprint, and lie outside the track's band), both Gaussian-smoothed. So the band is
-    filled in from beside it, bins the band or the footprint's edge cuts through are not
-    under-counted (a curved track crosses a 5 deg row at a slant, a survey patch is round),
-    and nothing is lost to smoothing beyond the footprint. Where no exposure lies within the
-    smoothing (a band wider than the footprint's row), a four times wider smoothing, then
-    the whole footprint's mean density, fill in.
+    On a phi1 x phi2 grid (:data:`SKY_BINS_DEG`), each bin's *exposure* is its share of
+    fine cells inside the footprint and outside the track's band (:func:`_sky_exposure`). A
+    bin at least half exposed gets its control count over its exposed area; the rest (the
+    band) a normalised convolution, the counts around it over the exposed area they fell on
+    (a four times wider kernel, then the footprint's mean, where none lies within reach: a
+    band wider than the footprint's row). The map is then smoothed over the footprint alone.
+    So bins the band or the footprint's edge cut through are not under-counted (a curved
+    track crosses a 5 deg row at a slant, a survey patch is round) and nothing is lost to
+    smoothing beyond the footprint.
     """
     phi1, phi2 = np.asarray(raw["phi1"], dtype=np.float64), np.asarray(raw["phi2"],
                                                                        dtype=np.float64)
@@ -450,6 +450,7 @@ def _sky_exposure(phi1, phi2, track_phi2, band, b1, b2, stars_per_cell: float = 
     order = np.argsort(phi1, kind="stable")
     track = np.interp(c1, phi1[order], track_phi2[order])
     outside = np.abs(c2[None, :] - track[:, None]) > band
+
     def share(cells):
         return cells.astype(float).reshape(len(b1) - 1, n1, len(b2) - 1, n2).mean(axis=(1, 3))
 
