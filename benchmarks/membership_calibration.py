@@ -1,0 +1,108 @@
+"""Membership calibration benchmark: are stars at probability p stream stars a fraction p of
+the time?
+
+Each sky is a synthetic field (``--background`` stars) with one registry stream injected
+(``--members``, an old population), searched by the membership model alone: the seed core
+is the stream's middle fifth in phi1 plus field stars beside it (a fifth as many), as a
+persistence core is, so the table measures the membership model without the detection.
+``--stream-cmd oracle`` learns the stream's colour-magnitude density from the injected
+stars instead of the model's weights (what the colour-magnitude term could do with a
+perfect locus). Prints purity and completeness per sky and the calibration table: per
+probability bin, the mean probability against the injected fraction.
+
+    python benchmarks/membership_calibration.py
+    python benchmarks/membership_calibration.py --photometry none
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import ray_app.core.membership as membership
+from ray_app.core.features import stream_features
+from ray_app.data.registry import get_stream
+from ray_app.data.synthetic import STREAM_GIANT_FRACTION, Injection, synthetic_sky
+from ray_app.pipeline.runner import feature_errors
+
+BINS = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0 + 1e-9])
+
+
+def seed_core(raw: dict, truth: np.ndarray, rng) -> np.ndarray:
+    """The stream's middle fifth in phi1 plus a fifth as many field stars beside it."""
+    lo, hi = np.quantile(raw["phi1"][truth], [0.4, 0.6])
+    inside = (raw["phi1"] > lo) & (raw["phi1"] < hi)
+    lump = np.flatnonzero(truth & inside)
+    beside = np.flatnonzero(~truth & inside
+                            & (np.abs(raw["phi2"] - np.median(raw["phi2"][lump])) < 0.5))
+    extra = rng.choice(beside, size=min(len(beside), len(lump) // 5), replace=False)
+    return np.union1d(lump, extra)
+
+
+def one_sky(key: str, members: int, background: int, seed: int, photometry: bool,
+            oracle: bool) -> tuple[np.ndarray, np.ndarray]:
+    info = get_stream(key)
+    cols = synthetic_sky(info.footprint, background,
+                         [Injection(info, members, giant_fraction=STREAM_GIANT_FRACTION)],
+                         seed=seed, cuts=info.default_cuts)
+    raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"],
+                             cols["pmdec"], cols["parallax"])
+    truth = np.asarray(cols["is_stream"], dtype=bool)
+    core = seed_core(raw, truth, np.random.default_rng(seed))
+    phot = (cols["phot_g_mean_mag"], cols["bp_rp"]) if photometry else None
+    model_cmd = membership._log_cmd
+    if oracle:
+        membership._log_cmd = lambda cmd, w, control: model_cmd(cmd, truth.astype(float),
+                                                                control)
+    try:
+        m = membership.membership_probabilities(raw, core, feature_errors(cols), phot,
+                                                base_track=info.detection_track)
+    finally:
+        membership._log_cmd = model_cmd
+    return m.probability, truth
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--streams", nargs="+",
+                    default=["palomar-5", "atlas-aliqa-uma", "orphan-chenab"])
+    ap.add_argument("--members", type=int, default=800)
+    ap.add_argument("--background", type=int, default=30000)
+    ap.add_argument("--skies", type=int, default=5, help="skies per stream (seeds 100...)")
+    ap.add_argument("--photometry", choices=["gaia", "none"], default="gaia",
+                    help="Gaia G and BP-RP, or astrometry only")
+    ap.add_argument("--stream-cmd", choices=["model", "oracle"], default="model",
+                    help="the stream's colour-magnitude density from the model's weights, "
+                         "or from the injected stars")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    probs, truths = [], []
+    print("| stream | sky | members | purity | completeness |")
+    print("|---|---:|---:|---:|---:|")
+    for key in args.streams:
+        for i in range(args.skies):
+            p, truth = one_sky(key, args.members, args.background, 100 + i,
+                               args.photometry == "gaia", args.stream_cmd == "oracle")
+            sel = p >= 0.5
+            print(f"| {key} | {i} | {int(sel.sum())} | "
+                  f"{np.sum(sel & truth) / max(sel.sum(), 1):.3f} | "
+                  f"{np.sum(sel & truth) / max(truth.sum(), 1):.3f} |")
+            probs.append(p)
+            truths.append(truth)
+    p, truth = np.concatenate(probs), np.concatenate(truths)
+    print(f"\n{len(probs)} skies in {time.perf_counter() - t0:.0f} s; photometry "
+          f"{args.photometry}; stream colour-magnitude density: {args.stream_cmd}\n")
+    print("| membership probability | stars | mean probability | injected fraction |")
+    print("|---|---:|---:|---:|")
+    which = np.digitize(p, BINS) - 1
+    for b in range(len(BINS) - 1):
+        sel = which == b
+        if sel.any():
+            print(f"| {BINS[b]:.2f}-{min(BINS[b + 1], 1.0):.2f} | {int(sel.sum())} | "
+                  f"{p[sel].mean():.3f} | {truth[sel].mean():.3f} |")
+
+
+if __name__ == "__main__":
+    main()
