@@ -12,7 +12,6 @@ from ray_app.core.membership import (
     _fit_width,
     _knn_log_density,
     _learnt_log_densities,
-    _log_cmd,
     _log_quality,
     _log_sky,
     _log_truncated_normal,
@@ -323,28 +322,3 @@ def test_the_fields_sky_density_is_right_in_and_beside_a_curved_band(rng, footpr
         assert abs(np.median(error[sel & where])) < 0.03
     # the footprint's own edge
     assert abs(np.median(error[~sel])) < 0.05
-
-
-def test_the_streams_colour_magnitude_density_is_one_sequence(rng):
-    # 400 members on one sequence; a clump of 200 field stars off it that EM holds at
-    # p 0.3 (what a free 2-d histogram of the weights turns into stream density: 60 weight
-    # units in one place, as many as 60 members). The locus gives the clump no more than the
-    # floor's share of the field's density; members on the sequence a large ratio.
-    field = np.column_stack([rng.uniform(14, 21, 20000), rng.uniform(-0.5, 3.0, 20000)])
-    g = rng.uniform(16, 20.5, 400)
-    stream = np.column_stack([g, 0.55 + 0.08 * (g - 16) + rng.normal(0, 0.04, 400)])
-    clump = np.column_stack([rng.uniform(19.5, 20.5, 200), rng.normal(1.6, 0.03, 200)])
-    pts = np.vstack([field, stream, clump])
-    w = np.r_[np.zeros(len(field)), np.ones(len(stream)), np.full(len(clump), 0.3)]
-    control = w == 0
-    ls, lb = _log_cmd((pts[:, 0], pts[:, 1], np.ones(len(pts), bool)), w, control)
-    at_clump = (ls - lb)[-len(clump):]
-    on_locus = (ls - lb)[len(field):-len(clump)]
-    # the clump is dense in the field's CMD too: the ratio is near the floor's share
-    assert np.median(at_clump) < np.log(4 * CMD_FLOOR)
-    assert np.median(on_locus) > np.log(10)
-    # a star without photometry gets no colour-magnitude term
-    ok = np.ones(len(pts), bool)
-    ok[0] = False
-    ls, lb = _log_cmd((pts[:, 0], pts[:, 1], ok), w, control)
-    assert ls[0] == lb[0] == 0.0

@@ -40,10 +40,9 @@ few EM iterations starting from the core:
     stream's error distribution is the field's. Not used with photometry (the magnitude
     carries the same information).
 **Photometry** (optional) multiplies both by a colour-magnitude density learnt from the data:
-    the stream's is one sequence, a luminosity function times a normal in colour about the
-    members' weighted median colour at each magnitude, as wide as their robust spread there
-    (plus 5 % of the field's density, so a member off the locus is down-weighted, not
-    excluded); the field's, a smoothed histogram of the control stars. While fitting, stars without photometry get a ratio of 1; at the
+    the stream's is a weighted, Gaussian-smoothed histogram of its members (plus 5 % of the
+    field's, so a member off the learnt locus is down-weighted, not excluded); the field's,
+    of the control stars. While fitting, stars without photometry get a ratio of 1; at the
     end they get probability 0: a photometric filter a star cannot be put through is not
     passed (a member list that claims photometric vetting holds no unvetted star).
 
@@ -94,10 +93,6 @@ CMD_BIN = (0.02, 0.1)
 CMD_SMOOTH = (0.04, 0.25)
 #: Share of the field's colour-magnitude (or quality) density mixed into the stream's.
 CMD_FLOOR = 0.05
-#: The stream's colour-magnitude locus: members' weight per magnitude bin, and the
-#: narrowest colour spread (mag) it may have.
-LOCUS_MIN_WEIGHT = 20.0
-LOCUS_WIDTH_FLOOR = 0.02
 #: Histogram of the measurement quality (natural log of the proper-motion error): bin size
 #: and Gaussian smoothing (0.1 in log error ~ 0.2 mag in G).
 QUALITY_BIN = 0.05
@@ -607,63 +602,16 @@ def _cmd_arrays(photometry, n):
 
 
 def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
-    """log colour-magnitude densities (per mag^2) of the stream (weights w) and the field
-    (the control stars).
-
-    The field's is a Gaussian-smoothed 2-d histogram (:data:`CMD_BIN`, :data:`CMD_SMOOTH`).
-    The stream's is a *locus*: a luminosity function (the members' smoothed magnitude
-    histogram) times a normal in colour about the members' weighted median colour at that
-    magnitude, as wide as their robust spread there (magnitude bins of
-    :data:`LOCUS_MIN_WEIGHT` members' weight, floor :data:`LOCUS_WIDTH_FLOOR`), mixed with
-    :data:`CMD_FLOOR` of the field's. A stream is one old population at one distance: one
-    sequence. A free 2-d histogram of the members let the field stars EM holds at moderate
-    probability build stream density wherever they cluster (the faint field's own
-    sequences), which raised their probabilities further: with it, stars at probability
-    0.35 were 18 % stream on synthetic skies (`benchmarks/membership_calibration.py`).
-    Both densities leave the star itself out.
-    """
+    """log colour-magnitude densities of the stream (weights w) and the field (the control
+    stars)."""
     mag, colour, ok = cmd
     c_edges = np.arange(np.nanmin(colour[ok]) - 0.1, np.nanmax(colour[ok]) + 0.1 + CMD_BIN[0],
                         CMD_BIN[0])
     m_edges = np.arange(np.nanmin(mag[ok]) - 0.5, np.nanmax(mag[ok]) + 0.5 + CMD_BIN[1],
                         CMD_BIN[1])
-    field_at = _histogram_density(np.column_stack([colour, mag]), (c_edges, m_edges),
-                                  (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
-                                  control.astype(float), ok) / (CMD_BIN[0] * CMD_BIN[1])
-    w = np.where(ok, np.asarray(w, dtype=np.float64), 0.0)
-    lf = _histogram_density(mag[:, None], (m_edges,), (CMD_SMOOTH[1] / CMD_BIN[1],), w,
-                            ok) / CMD_BIN[1]
-    centre, width = _locus(mag, colour, w, ok)
-    stream_at = lf * np.exp(-0.5 * ((colour - centre) / width) ** 2) / (
-        np.sqrt(2 * np.pi) * width)
-    stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
-    tiny = 1e-12
-    return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),
-            np.where(ok, np.log(np.maximum(field_at, tiny)), 0.0))
-
-
-def _locus(mag, colour, w, ok) -> tuple[np.ndarray, np.ndarray]:
-    """The stream's colour (weighted median) and colour spread (weighted 1.4826 x MAD,
-    floored at :data:`LOCUS_WIDTH_FLOOR`) at each star's magnitude: per magnitude bin of
-    :data:`LOCUS_MIN_WEIGHT` members' weight, interpolated between the bins' weighted median
-    magnitudes (held flat beyond them). One star moves a weighted median of that many
-    little, so no star is left out."""
-    o = np.flatnonzero(ok & (w > 0))
-    if len(o) == 0:
-        return np.zeros(len(mag)), np.ones(len(mag))
-    o = o[np.argsort(mag[o], kind="stable")]
-    cum = np.cumsum(w[o])
-    n_bins = max(int(cum[-1] // LOCUS_MIN_WEIGHT), 1)
-    groups = np.split(o, np.searchsorted(cum, np.linspace(0, cum[-1], n_bins + 1)[1:-1]))
-    mags, centres, widths = [], [], []
-    for g in groups:
-        if len(g) == 0 or w[g].sum() <= 0:
-            continue
-        mags.append(weighted_quantile(mag[g], w[g], 0.5))
-        centres.append(weighted_quantile(colour[g], w[g], 0.5))
-        widths.append(max(_spread(colour[g], w[g]), LOCUS_WIDTH_FLOOR))
-    m = np.nan_to_num(mag)
-    return np.interp(m, mags, centres), np.interp(m, mags, widths)
+    return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges),
+                                 (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
+                                 w, control, ok)
 
 
 def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
@@ -693,26 +641,23 @@ def _learnt_log_densities(points, edges, smooth, w, control, ok) -> tuple[np.nda
     outweigh the stream's density where it sits, and EM then keeps every such star at the
     probability it started with (over-confident probabilities).
     """
-    field_at = _histogram_density(points, edges, smooth, control.astype(float), ok)
-    stream_at = _histogram_density(points, edges, smooth, np.asarray(w, dtype=np.float64), ok)
+    idx = tuple(_bin_of(points[:, d], e, len(e) - 1) for d, e in enumerate(edges))
+    # a unit weight's share of its own bin after the smoothing
+    self_share = float(np.prod([_central_tap(s) for s in smooth]))
+
+    def density(weights):
+        weights = np.where(ok, weights, 0.0)
+        h, _ = np.histogramdd(points[ok], bins=edges, weights=weights[ok])
+        h = gaussian_filter(h, smooth, mode="constant")
+        return np.maximum(h[idx] - weights * self_share, 0.0) / np.maximum(
+            h.sum() - weights, 1e-300)
+
+    field_at = density(control.astype(float))
+    stream_at = density(np.asarray(w, dtype=np.float64))
     stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
     tiny = 1e-12
     return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),
             np.where(ok, np.log(np.maximum(field_at, tiny)), 0.0))
-
-
-def _histogram_density(points, edges, smooth, weights, ok) -> np.ndarray:
-    """Share of the total weight per bin at each star: a weighted histogram of ``points``
-    on ``edges``, Gaussian-smoothed by ``smooth`` (bins), each star's own weight left out.
-    Stars outside ``ok`` carry no weight."""
-    idx = tuple(_bin_of(points[:, d], e, len(e) - 1) for d, e in enumerate(edges))
-    # a unit weight's share of its own bin after the smoothing
-    self_share = float(np.prod([_central_tap(s) for s in smooth]))
-    weights = np.where(ok, weights, 0.0)
-    h, _ = np.histogramdd(points[ok], bins=edges, weights=weights[ok])
-    h = gaussian_filter(h, smooth, mode="constant")
-    return np.maximum(h[idx] - weights * self_share, 0.0) / np.maximum(h.sum() - weights,
-                                                                        1e-300)
 
 
 def _central_tap(sigma: float) -> float:

@@ -342,11 +342,8 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                 **phot[2], "used": True,
                 "stars_with_photometry": int(np.sum(np.isfinite(phot[0])
                                                     & np.isfinite(phot[1]))),
-                "rule": "colour-magnitude likelihood ratio learnt from the data: the "
-                        "candidate's members as one sequence (a luminosity function times a "
-                        "normal in colour about their median colour at each magnitude) "
-                        "against the off-track field's histogram, and the field's kinematic "
-                        "density "
+                "rule": "colour-magnitude likelihood ratio learnt from the candidate's members "
+                        "against the off-track field, and the field's kinematic density "
                         "conditional on colour and magnitude; stars without photometry are "
                         "not members"},
             "errors": sorted(errors),
