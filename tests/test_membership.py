@@ -287,7 +287,7 @@ def test_the_fields_density_is_not_thinned_at_the_parallax_cut(rng, estimator):
         # the true density is 1 (log 0); kNN's own small-k bias is ~+0.05
         assert abs(np.median(est(query, is_ref, 1.0))) < 0.12
     # far from the cut the mirrored stars change nothing
-    assert np.array_equal(est(inside[:, :], none, 1.0)[inside[:, 2] < 0.5],
+    assert np.array_equal(est(inside, none, 1.0)[inside[:, 2] < 0.5],
                           est(inside, none, np.inf)[inside[:, 2] < 0.5])
 
 

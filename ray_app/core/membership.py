@@ -202,7 +202,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     # catalogues are cut at a largest parallax (Gaia queries: parallax < 1 mas), which
     # truncates a faint member's observed parallax; the field's kNN density sees the cut, so
     # the stream's Gaussian must too. Without a cut the largest parallax is far out: no change
-    plx_top = float(np.nanmax(raw["parallax"])) if n else np.inf
+    plx_top = float(np.nanmax(raw["parallax"]))
     use_quality = cmd is None and quality is not None
 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
