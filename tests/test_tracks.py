@@ -85,6 +85,63 @@ def test_registry_match_names_the_stream_and_only_it():
                                     and wrong_motion["pm_separation_mas_yr"] is None)
 
 
+def _gd1_points(phi1, phi2=None, pm_shift=0.0):
+    """ICRS points and proper motions at ``phi1`` in GD-1's frame: on its registry track
+    (continued flat beyond its ends), or at ``phi2``."""
+    from ray_app.core.frames import frame_to_icrs
+
+    s = get_stream("gd-1")
+    t = s.track_frame
+    at = {k: np.interp(phi1, t["phi1"], t[k]) for k in ("phi2", "pm_phi1_cosphi2", "pm_phi2")}
+    ra, dec, pmra, pmdec = frame_to_icrs(s.frame, phi1, at["phi2"] if phi2 is None else phi2,
+                                         at["pm_phi1_cosphi2"] + pm_shift, at["pm_phi2"])
+    return ra, dec, pmra, pmdec
+
+
+def test_a_candidate_running_beyond_the_registry_track_is_still_named():
+    # streams are often found longer than first mapped: 12 deg on GD-1's track, then 18 deg
+    # beyond its end are not evidence against GD-1 (before: 40 % of the points close, no name)
+    end = get_stream("gd-1").track_frame["phi1"][-1]
+    hit = match_track(*_gd1_points(np.arange(end - 12, end + 18, 1.5)))
+    assert hit is not None and hit["key"] == "gd-1"
+    assert hit["overlap_fraction"] < 0.5 and hit["beyond_fraction"] > 0.5
+    # ... but a track entirely beyond the end cannot be compared, and one that touches the
+    # track at a single point is not a match
+    assert _key(match_track(*_gd1_points(np.arange(end + 3, end + 30, 1.5)))) != "gd-1"
+    assert _key(match_track(*_gd1_points(np.arange(end - 1, end + 30, 1.5)))) != "gd-1"
+
+
+def test_a_stream_known_only_by_positions_is_not_named_by_part_of_a_longer_track():
+    # 10 deg along Gaia-5's track (no registry proper motions), then 20 deg beyond its end:
+    # nothing confirms that the part along it is Gaia-5 (a GD-1 tilted by 8 deg runs so)
+    from ray_app.core.frames import frame_to_icrs
+
+    s = get_stream("gaia-5")
+    t = s.track_frame
+    phi1 = np.arange(t["phi1"][-1] - 10, t["phi1"][-1] + 20, 1.5)
+    ra, dec, _, _ = frame_to_icrs(s.frame, phi1, np.interp(phi1, t["phi1"], t["phi2"]),
+                                  np.zeros(len(phi1)), np.zeros(len(phi1)))
+    assert _key(match_track(ra, dec, np.zeros(len(phi1)), np.zeros(len(phi1)))) != "gaia-5"
+    inside = phi1 <= t["phi1"][-1]
+    hit = match_track(ra[inside], dec[inside], np.zeros(inside.sum()), np.zeros(inside.sum()))
+    assert hit is not None and "gaia-5" in [hit["key"]] + [o["key"] for o in hit["also"]]
+
+
+@pytest.mark.parametrize("where", [-40.0, "end"])
+def test_a_track_crossing_a_registry_stream_is_not_named_after_it(where):
+    # a short track at right angles to GD-1's, in its middle or at its end, with GD-1's
+    # motion there: 3 of its 5 points are close, but all by one registry point (the old rule,
+    # half the points close, named it GD-1)
+    end = get_stream("gd-1").track_frame["phi1"][-1]
+    phi2 = np.arange(-2.0, 2.1, 1.0)
+    phi1 = np.full(len(phi2), end - 1.0 if where == "end" else where)
+    assert _key(match_track(*_gd1_points(phi1, phi2))) != "gd-1"
+
+
+def _key(hit):
+    return None if hit is None else hit["key"]
+
+
 def test_a_match_lists_the_other_streams_on_the_same_track():
     # NGC 5053's stream (known by positions only) lies along LMS-1 (known in proper motion):
     # a candidate there is named LMS-1 and NGC 5053 is listed beside it, not lost

@@ -348,6 +348,10 @@ def get_stream(key) -> StreamInfo:
 MATCH_MIN_DEG = 1.5
 MATCH_WIDTHS = 3.0
 MATCH_PM = 2.0
+#: ... over at least this many of its points (track points are 1-2 deg apart).
+MATCH_MIN_POINTS = 3
+#: Spacing (deg of the registry's phi1) of the densified registry tracks.
+_MATCH_STEP_DEG = 0.2
 
 
 @functools.cache
@@ -361,7 +365,8 @@ def _match_index():
     for i, s in enumerate(_ALL):
         t = s.track_frame
         p1 = t["phi1"]
-        grid = np.arange(p1[0], p1[-1] + 0.2, 0.2) if p1[-1] > p1[0] else p1[:1]
+        grid = (np.arange(p1[0], p1[-1] + _MATCH_STEP_DEG, _MATCH_STEP_DEG)
+                if p1[-1] > p1[0] else p1[:1])
         ra, dec, pmra, pmdec = frame_to_icrs(
             s.frame, grid, np.interp(grid, p1, t["phi2"]),
             np.interp(grid, p1, t["pm_phi1_cosphi2"]), np.interp(grid, p1, t["pm_phi2"]))
@@ -370,6 +375,19 @@ def _match_index():
         pms.append(np.column_stack([pmra, pmdec]) if s.has_pm else np.full((len(grid), 2),
                                                                             np.nan))
     return cKDTree(np.concatenate(xyz)), np.concatenate(owner), np.concatenate(pms)
+
+
+def _runs_along(q, close, nearest) -> bool:
+    """Whether the candidate's points that lie close to a registry track follow it: the
+    registry points nearest to them span at least half the largest distance between them (a
+    track crossing the registry's at a steep angle is close to it over a few points that all
+    share nearly one nearest registry point). Distances, not path lengths: a survey's
+    candidate is the concatenation of its patches' tracks, in no order along the sky."""
+    pts = q[close]
+    chord = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=2).max()
+    own = float(np.degrees(2 * np.arcsin(min(chord / 2, 1.0))))
+    theirs = float(np.ptp(nearest[close])) * _MATCH_STEP_DEG
+    return theirs >= 0.5 * own
 
 
 def _unit(ra, dec) -> np.ndarray:
@@ -385,13 +403,23 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
     its width), and the median proper-motion difference at those points (where the registry
     has proper motions) with :data:`MATCH_PM`; the closest stream that passes both is named,
     a stream whose proper motions were compared before one known only by its positions.
-    At least half of the candidate's points must lie within that distance.
+
+    Where the registry has proper motions, the tracks are compared where both exist: a
+    candidate's point whose nearest registry point is an end of the registry's track lies
+    beyond the known stream (streams are often found longer than first mapped) and is
+    neither for nor against it. At least half of the other points (of all points, for a
+    stream known only by its positions: its coincidence with part of a longer track is
+    not confirmed by anything), and at least :data:`MATCH_MIN_POINTS`, must lie within that
+    distance, and they must run along the registry track (their nearest registry points
+    span at least half the largest distance between them), not across it.
 
     Returns
     -------
     dict or None
         ``key``, ``name``, ``separation_deg`` (mean), ``pm_separation_mas_yr`` (None where
-        the registry has no proper motion), ``overlap_fraction``, and ``also``: the other
+        the registry has no proper motion), ``overlap_fraction`` (share of the candidate's
+        points on the registry track; below 0.5 when it runs beyond the track's ends),
+        ``beyond_fraction`` (share beyond the registry track's ends), and ``also``: the other
         registry streams that pass the same tests, best first, each with ``key``, ``name``,
         ``separation_deg`` and ``pm_separation_mas_yr`` (streams overlap on the sky: a
         cluster's stream may lie along a wider stream known in proper motion too).
@@ -410,11 +438,20 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
         nearest = np.argmin(chord, axis=1)
         sep = np.degrees(2 * np.arcsin(np.clip(chord[np.arange(len(q)), nearest] / 2, 0, 1)))
         limit = max(MATCH_MIN_DEG, MATCH_WIDTHS * s.width_deg)
-        close = sep <= limit
-        if close.mean() < 0.5 or sep[close].mean() > limit:
+        beyond = ((nearest == 0) | (nearest == len(mine) - 1) if len(mine) >= 3
+                  else np.zeros(len(q), bool))
+        close = (sep <= limit) & ~beyond
+        compared_in_pm = pmra is not None and s.has_pm
+        # a candidate running beyond a stream known only by its positions is not confirmed
+        # by the part that lies along it (a short stream beside a long one's path): half of
+        # all its points then
+        if close.sum() < max(MATCH_MIN_POINTS, 0.5 * ((~beyond).sum() if compared_in_pm
+                                                      else len(q))):
+            continue
+        if not _runs_along(q, close, nearest):
             continue
         pm_sep = None
-        if pmra is not None and s.has_pm:
+        if compared_in_pm:
             d = np.hypot(np.asarray(pmra)[close] - pms[mine[nearest[close]], 0],
                          np.asarray(pmdec)[close] - pms[mine[nearest[close]], 1])
             pm_sep = float(np.median(d))
@@ -423,7 +460,8 @@ def match_track(ra, dec, pmra=None, pmdec=None) -> dict | None:
         cand = {"key": s.key, "name": s.name, "separation_deg": round(float(sep[close].mean()),
                                                                         3),
                 "pm_separation_mas_yr": None if pm_sep is None else round(pm_sep, 3),
-                "overlap_fraction": round(float(close.mean()), 3)}
+                "overlap_fraction": round(float(close.mean()), 3),
+                "beyond_fraction": round(float(beyond.mean()), 3)}
         found.append(cand)
     if not found:
         return None
