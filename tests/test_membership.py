@@ -15,6 +15,7 @@ from ray_app.core.membership import (
     _log_quality,
     _log_sky,
     _log_truncated_normal,
+    member_extent,
     membership_probabilities,
     validate_member_probability,
 )
@@ -323,3 +324,19 @@ def test_the_fields_sky_density_is_right_in_and_beside_a_curved_band(rng, footpr
         assert abs(np.median(error[sel & where])) < 0.03
     # the footprint's own edge
     assert abs(np.median(error[~sel])) < 0.05
+
+
+def test_a_stray_member_does_not_lengthen_the_stream(rng):
+    body = rng.uniform(-10, 10, 200)
+    assert member_extent(np.append(body, 21.0)) == (body.min(), body.max())
+    assert member_extent(np.append(body, [-25.0, 24.0, 24.5])) == (body.min(), body.max())
+    # ... but a stream's own gap (3 deg in 200 members over 20 deg) is kept, and so is a
+    # clump of members beyond it
+    gapped = np.concatenate([rng.uniform(-10, -1.5, 100), rng.uniform(1.5, 10, 100)])
+    assert member_extent(gapped) == (gapped.min(), gapped.max())
+    clump = np.append(body, rng.uniform(20, 21, 10))
+    assert member_extent(clump) == (clump.min(), clump.max())
+    # a sparse long stream's natural gaps are its spacing's, not strays
+    sparse = rng.uniform(-100, 100, 150)
+    assert member_extent(sparse) == (sparse.min(), sparse.max())
+    assert member_extent(np.array([3.0, -40.0])) == (-40.0, 3.0)

@@ -93,6 +93,12 @@ CMD_BIN = (0.02, 0.1)
 CMD_SMOOTH = (0.04, 0.25)
 #: Share of the field's colour-magnitude (or quality) density mixed into the stream's.
 CMD_FLOOR = 0.05
+#: A stream's extent along phi1 ends at a gap wider than max(EXTENT_GAP_MIN_DEG,
+#: EXTENT_GAP_SPACINGS x its members' median spacing) beyond which fewer than
+#: max(3, EXTENT_MIN_SHARE x the members) lie: one stray member does not lengthen it.
+EXTENT_GAP_MIN_DEG = 2.0
+EXTENT_GAP_SPACINGS = 20.0
+EXTENT_MIN_SHARE = 0.02
 #: Histogram of the measurement quality (natural log of the proper-motion error): bin size
 #: and Gaussian smoothing (0.1 in log error ~ 0.2 mag in G).
 QUALITY_BIN = 0.05
@@ -276,12 +282,45 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         p[core] = 1.0
         return Membership(p, None, widths, float(np.mean(p)), (np.nan, np.nan), iterations,
                           cmd is not None, failed=True, quality=use_quality)
-    final = _absolute_track(track, base_track, widths, phi1[p >= 0.5] if np.any(p >= 0.5)
-                            else phi1[core])
     sel = p >= 0.5
-    rng = (float(phi1[sel].min()), float(phi1[sel].max())) if sel.any() else (np.nan, np.nan)
+    final = _absolute_track(track, base_track, widths, phi1[sel] if sel.any() else phi1[core])
+    rng = member_extent(phi1[sel]) if sel.any() else (np.nan, np.nan)
     return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None,
                       quality=use_quality)
+
+
+def member_extent(member_phi1) -> tuple[float, float]:
+    """phi1 extent (deg) of a stream's members, without stray members beyond its ends.
+
+    The members are split at gaps wider than max(:data:`EXTENT_GAP_MIN_DEG`,
+    :data:`EXTENT_GAP_SPACINGS` x their median spacing in phi1) (in a stream of even density
+    a gap that wide has odds ~1e-6); the extent runs from the first to the last run holding
+    at least max(3, :data:`EXTENT_MIN_SHARE` x the members). A field star that the model
+    holds just above 0.5 ten degrees beyond a stream's end would otherwise set its length,
+    and the track reported over it would run on through empty field (and out of reach of
+    the registry track it matches). Runs between kept ones are kept: a stream has gaps.
+
+    Parameters
+    ----------
+    member_phi1 : array
+        phi1 of the members (deg); at least one.
+
+    Returns
+    -------
+    (lo, hi) : floats
+        Fewer than 3 members, or no run large enough: their min and max.
+    """
+    x = np.sort(np.asarray(member_phi1, dtype=np.float64))
+    if len(x) < 3:
+        return float(x[0]), float(x[-1])
+    gaps = np.diff(x)
+    wide = gaps > max(EXTENT_GAP_MIN_DEG, EXTENT_GAP_SPACINGS * float(np.median(gaps)))
+    starts = np.concatenate([[0], np.flatnonzero(wide) + 1])
+    stops = np.concatenate([np.flatnonzero(wide) + 1, [len(x)]])
+    big = np.flatnonzero(stops - starts >= max(3, EXTENT_MIN_SHARE * len(x)))
+    if not len(big):
+        return float(x[0]), float(x[-1])
+    return float(x[starts[big[0]]]), float(x[stops[big[-1]] - 1])
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -671,7 +710,7 @@ def _central_tap(sigma: float) -> float:
 def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
                     step_deg: float = 1.5) -> Track:
     """The fitted track in absolute frame values, sampled over the members' phi1 extent."""
-    lo, hi = float(np.min(member_phi1)), float(np.max(member_phi1))
+    lo, hi = member_extent(member_phi1)
     grid = np.linspace(lo, hi, max(int(np.ceil((hi - lo) / step_deg)) + 1, 2)) if hi > lo \
         else np.array([lo])
     values, wid = {}, {}

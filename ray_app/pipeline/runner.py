@@ -24,7 +24,7 @@ from ..core.features import (
     stream_features,
 )
 from ..core.knn import validate_k
-from ..core.membership import membership_probabilities
+from ..core.membership import member_extent, membership_probabilities
 from ..core.persistence import merge_forests
 from ..core.recovery import (
     calibrate_null,
@@ -490,7 +490,8 @@ def describe_track(frame, m, member_phi1) -> dict:
     ra, dec, pmra, pmdec = frame_to_icrs(frame, p1, np.array([q["phi2"] for q in pts]),
                                          np.array([q["pm_phi1_cosphi2"] for q in pts]),
                                          np.array([q["pm_phi2"] for q in pts]))
-    length = float(np.ptp(member_phi1)) if len(member_phi1) else 0.0
+    lo, hi = member_extent(member_phi1) if len(member_phi1) else (0.0, 0.0)
+    length = hi - lo
     for q, a, d, mu_a, mu_d in zip(pts, ra, dec, pmra, pmdec, strict=True):  # ICRS beside frame
         q.update(ra=round(float(a), 5), dec=round(float(d), 5), pmra=round(float(mu_a), 4),
                  pmdec=round(float(mu_d), 4))

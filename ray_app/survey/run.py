@@ -498,7 +498,10 @@ def merge_patches(params: SurveyParams, out: Path, state: dict) -> tuple[list[di
             "ra_median": float(np.median(ra)), "dec_median": float(np.median(dec)),
             "pmra_median": float(np.median(stars["pmra"][keep])),
             "pmdec_median": float(np.median(stars["pmdec"][keep])),
-            "length_deg": great_circle_extent(ra[sub], dec[sub]),
+            # the tracks span each part's members without strays beyond the stream's ends
+            # (a part whose membership fit failed has none: its members' extent then)
+            "length_deg": great_circle_extent(track["ra"], track["dec"])
+            if len(track["ra"]) >= 2 else great_circle_extent(ra[sub], dec[sub]),
             "pole_ra": pole[0], "pole_dec": pole[1],
             "track_ra": [float(x) for x in track["ra"]],
             "track_dec": [float(x) for x in track["dec"]],
