@@ -10,8 +10,10 @@ from ray_app.core.membership import (
     CMD_SMOOTH,
     _conditional_log_density,
     _fit_width,
+    _hess_weights,
     _knn_log_density,
     _learnt_log_densities,
+    _log_cmd,
     _log_quality,
     _log_sky,
     _log_truncated_normal,
@@ -262,6 +264,35 @@ def test_a_learnt_density_leaves_the_star_itself_out(rng):
     assert ls[-1] - lb[-1] == pytest.approx(np.log(CMD_FLOOR), abs=0.1)
     # the stream's stars still see each other
     assert np.median(ls[len(field):-1] - lb[len(field):-1]) > np.log(10)
+
+
+def test_the_streams_colour_magnitude_density_is_the_field_subtracted_excess(rng):
+    # a field with a dense sequence of its own (colour 0.9) beside a stream's (0.6), and a
+    # model that holds the field's in-band stars of that sequence at probability 0.5 (where
+    # EM settles when they feed the stream's histogram): the stream's density learnt from
+    # those probabilities sits on the field's sequence; the background-subtracted one, from
+    # kinematic weights that do not know the colours, does not
+    n_f, n_s = 30000, 300
+    seq = rng.random(n_f) < 0.5
+    colour = np.where(seq, rng.normal(0.9, 0.03, n_f), rng.uniform(0.3, 1.5, n_f))
+    field = np.column_stack([colour, rng.uniform(16, 21, n_f)])
+    stream = np.column_stack([rng.normal(0.6, 0.03, n_s), rng.uniform(18, 20, n_s)])
+    pts = np.vstack([field, stream])
+    phi2 = np.r_[rng.uniform(-5, 5, n_f), rng.normal(0, 0.2, n_s)]
+    is_stream = np.r_[np.zeros(n_f, bool), np.ones(n_s, bool)]
+    in_band_seq = np.r_[seq, np.zeros(n_s, bool)] & (np.abs(phi2) < 0.4)
+    w = np.where(is_stream, 0.9, np.where(in_band_seq, 0.5, 0.0))
+    control = np.abs(phi2) > 1.0
+    # kinematics: the stream's stars match the track, the field's scatter (whatever colour)
+    log_kin = np.where(is_stream, 3.0, rng.normal(-2.0, 1.5, len(pts)))
+    cmd = (pts[:, 1], pts[:, 0], np.ones(len(pts), bool))
+    w_on, w_off = _hess_weights(phi2, 0.2, w, control, log_kin)
+    ls, lb = _log_cmd(cmd, w_on, control, w_off)
+    ls_em, lb_em = _log_cmd(cmd, w, control)
+    field_seq = in_band_seq & (pts[:, 1] > 18) & (pts[:, 1] < 20)
+    assert np.median(ls_em[field_seq] - lb_em[field_seq]) > 0  # what EM does
+    assert np.median(ls[field_seq] - lb[field_seq]) < np.log(0.5)
+    assert np.median(ls[is_stream] - lb[is_stream]) > np.log(10)
 
 
 @pytest.mark.parametrize("estimator", ["knn", "conditional"])

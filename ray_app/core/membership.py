@@ -40,11 +40,14 @@ few EM iterations starting from the core:
     stream's error distribution is the field's. Not used with photometry (the magnitude
     carries the same information).
 **Photometry** (optional) multiplies both by a colour-magnitude density learnt from the data:
-    the stream's is a weighted, Gaussian-smoothed histogram of its members (plus 5 % of the
-    field's, so a member off the learnt locus is down-weighted, not excluded); the field's,
-    of the control stars. While fitting, stars without photometry get a ratio of 1; at the
-    end they get probability 0: a photometric filter a star cannot be put through is not
-    passed (a member list that claims photometric vetting holds no unvetted star).
+    the stream's is a background-subtracted Hess diagram (Gaussian-smoothed histograms): the
+    stars near the track weighted by their kinematic membership probability, less the
+    control stars with the same weights scaled to the field's share of the band (plus 5 %
+    of the field's density, so a member off the learnt locus is down-weighted, not
+    excluded); the field's, of the control stars. While fitting, stars without photometry
+    get a ratio of 1; at the end they get probability 0: a photometric filter a star cannot
+    be put through is not passed (a member list that claims photometric vetting holds no
+    unvetted star).
 
 ``p = f s / (f s + (1 - f) b)``, with the mixture fraction ``f`` re-estimated each iteration.
 Every density is normalised over the job's stars, so the ratio is a likelihood ratio.
@@ -57,7 +60,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
-from scipy.special import gammaln, log_ndtr
+from scipy.special import expit, gammaln, log_ndtr
 
 from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, weighted_quantile
 
@@ -93,6 +96,9 @@ CMD_BIN = (0.02, 0.1)
 CMD_SMOOTH = (0.04, 0.25)
 #: Share of the field's colour-magnitude (or quality) density mixed into the stream's.
 CMD_FLOOR = 0.05
+#: The stream's colour-magnitude density is learnt from the stars within this many phi2
+#: widths of the track (less what the field puts there: :func:`_hess_weights`).
+ON_TRACK_WIDTHS = 2.0
 #: A stream's extent along phi1 ends at a gap wider than max(EXTENT_GAP_MIN_DEG,
 #: EXTENT_GAP_SPACINGS x its members' median spacing) beyond which fewer than
 #: max(3, EXTENT_MIN_SHARE x the members) lie: one stray member does not lengthen it.
@@ -232,6 +238,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         cap = {name: MAX_WIDTH_GROWTH * core_spread[name] for name in TRACK_FEATURES}
         cap["phi2"] = max(min(cap["phi2"], band_max / CONTROL_WIDTHS), WIDTH_FLOOR["phi2"])
         log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
+        log_s_kin = 0.0
         for name in TRACK_FEATURES:
             if it == 1:
                 # start wide and let EM contract: started from the core's own (density-cut)
@@ -244,7 +251,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             # the observed parallax is below the cut: resid < cut - model
             upper = (plx_top - (np.asarray(raw[name], dtype=np.float64) - resid[name])
                      if name == "parallax" else np.inf)
-            log_s += _log_truncated_normal(resid[name], var, upper)
+            term = _log_truncated_normal(resid[name], var, upper)
+            log_s += term
+            if name in KIN:
+                log_s_kin = log_s_kin + term
         # the field is learnt off the track (a control region), never from the stars the
         # model currently calls non-members: that circularity lets EM run away either way
         band = min(max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"]), band_max)
@@ -252,10 +262,12 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
         frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
-        log_b = _log_sky(raw, resid["phi2"], band, control, n * (1 - frac)) \
-            + _field_log_kinematics(raw, control, field_kin, quality, cmd, plx_top)
+        log_b_kin = _field_log_kinematics(raw, control, field_kin, quality, cmd, plx_top)
+        log_b = _log_sky(raw, resid["phi2"], band, control, n * (1 - frac)) + log_b_kin
         if cmd is not None:
-            cs, cb = _log_cmd(cmd, w, control)
+            w_on, w_off = _hess_weights(resid["phi2"], widths["phi2"], w, control,
+                                        log_s_kin - log_b_kin)
+            cs, cb = _log_cmd(cmd, w_on, control, w_off)
             log_s += cs
             log_b += cb
         if use_quality:
@@ -640,9 +652,40 @@ def _cmd_arrays(photometry, n):
     return mag, colour, ok
 
 
-def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
-    """log colour-magnitude densities of the stream (weights w) and the field (the control
-    stars)."""
+def _hess_weights(resid_phi2, width_phi2: float, w, control, log_kin_ratio
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Weights that learn the stream's colour-magnitude density as an on-track minus
+    off-track difference (a background-subtracted Hess diagram).
+
+    Stars within :data:`ON_TRACK_WIDTHS` phi2 widths of the track are weighted by their
+    kinematic membership probability alone (``log_kin_ratio``: the stream's over the
+    field's density of their proper motions and parallax, at the band's stream-to-field
+    odds); the control stars get the same weight, scaled so that they stand for the field
+    stars in the band. Their colour-magnitude histogram is what the field puts into the
+    band's: subtracted, the rest is the stream's.
+
+    Weighting by the model's own probabilities instead (the EM estimate) lets the field
+    stars it holds at moderate probability build stream density where they cluster in
+    colour and magnitude, which raises their probabilities in turn: probabilities 0.1-0.2
+    too high. A one-sequence locus fitted to the members avoids that but follows a faint
+    stream's seed core, mostly field, onto the field's sequence.
+
+    Returns
+    -------
+    w_on, w_off : (n,) arrays
+        Per-star weights of the on-track and the (scaled) control histograms.
+    """
+    on = np.abs(resid_phi2) <= ON_TRACK_WIDTHS * width_phi2
+    stream_on = float(np.sum(w[on]))
+    field_on = max(float(on.sum()) - stream_on, 1.0)
+    g = expit(log_kin_ratio + np.log(max(stream_on, 1.0) / field_on))
+    return (np.where(on, g, 0.0),
+            np.where(control, g, 0.0) * field_on / max(int(control.sum()), 1))
+
+
+def _log_cmd(cmd, w, control, w_off=None) -> tuple[np.ndarray, np.ndarray]:
+    """log colour-magnitude densities of the stream (weights ``w``, less ``w_off``'s
+    histogram where given: :func:`_hess_weights`) and the field (the control stars)."""
     mag, colour, ok = cmd
     c_edges = np.arange(np.nanmin(colour[ok]) - 0.1, np.nanmax(colour[ok]) + 0.1 + CMD_BIN[0],
                         CMD_BIN[0])
@@ -650,7 +693,7 @@ def _log_cmd(cmd, w, control) -> tuple[np.ndarray, np.ndarray]:
                         CMD_BIN[1])
     return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges),
                                  (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
-                                 w, control, ok)
+                                 w, control, ok, w_off)
 
 
 def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
@@ -667,13 +710,15 @@ def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
                                  w, control, np.ones(len(quality), bool))
 
 
-def _learnt_log_densities(points, edges, smooth, w, control, ok) -> tuple[np.ndarray,
-                                                                           np.ndarray]:
+def _learnt_log_densities(points, edges, smooth, w, control, ok, w_off=None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """log densities at each star of the stream (weights w) and the field (the control
     stars) in a few observables (``points``, one column each): Gaussian-smoothed histograms
     on ``edges`` (``smooth`` in bins), the field's mixed into the stream's at
     :data:`CMD_FLOOR` so a star off the stream's locus is down-weighted, not excluded.
-    Stars outside ``ok`` (no such observable) get 0 in both.
+    Stars outside ``ok`` (no such observable) get 0 in both. ``w_off`` (optional): weights
+    of a histogram subtracted from the stream's (what the field puts into it; negative
+    differences count as 0).
 
     Each star's densities leave the star itself out: with a few hundred members and a
     smoothing kernel narrower than the stream's locus, a field star's own weight can
@@ -692,7 +737,17 @@ def _learnt_log_densities(points, edges, smooth, w, control, ok) -> tuple[np.nda
             h.sum() - weights, 1e-300)
 
     field_at = density(control.astype(float))
-    stream_at = density(np.asarray(w, dtype=np.float64))
+    if w_off is None:
+        stream_at = density(np.asarray(w, dtype=np.float64))
+    else:
+        w = np.where(ok, np.asarray(w, dtype=np.float64), 0.0)
+        wo = np.where(ok, np.asarray(w_off, dtype=np.float64), 0.0)
+        h_on, _ = np.histogramdd(points[ok], bins=edges, weights=w[ok])
+        h_off, _ = np.histogramdd(points[ok], bins=edges, weights=wo[ok])
+        diff = gaussian_filter(h_on - h_off, smooth, mode="constant")
+        # each star left out of its own histogram, as above
+        stream_at = np.maximum(diff[idx] - (w - wo) * self_share, 0.0) / max(
+            float(np.maximum(diff, 0.0).sum()), 1e-300)
     stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
     tiny = 1e-12
     return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),
