@@ -134,7 +134,8 @@ class Membership:
     fraction : float
         Fitted stream fraction of the job's stars.
     phi1_range : (float, float)
-        phi1 extent of the stars with probability >= 0.5 (deg).
+        phi1 extent of the stars with probability >= 0.5 (deg), stray ones beyond the
+        stream's ends left out (:func:`member_extent`).
     iterations : int
     photometry : bool
         Whether a colour-magnitude term was used.
