@@ -730,25 +730,17 @@ def _learnt_log_densities(points, edges, smooth, w, control, ok, w_off=None
     # a unit weight's share of its own bin after the smoothing
     self_share = float(np.prod([_central_tap(s) for s in smooth]))
 
-    def density(weights):
-        weights = np.where(ok, weights, 0.0)
-        h, _ = np.histogramdd(points[ok], bins=edges, weights=weights[ok])
+    def density(weights, off=None):
+        net = np.where(ok, np.asarray(weights, dtype=np.float64)
+                       - (0.0 if off is None else np.asarray(off, dtype=np.float64)), 0.0)
+        h, _ = np.histogramdd(points[ok], bins=edges, weights=net[ok])
         h = gaussian_filter(h, smooth, mode="constant")
-        return np.maximum(h[idx] - weights * self_share, 0.0) / np.maximum(
-            h.sum() - weights, 1e-300)
+        # a difference's negative parts count as none
+        total = h.sum() - net if off is None else float(np.maximum(h, 0.0).sum())
+        return np.maximum(h[idx] - net * self_share, 0.0) / np.maximum(total, 1e-300)
 
     field_at = density(control.astype(float))
-    if w_off is None:
-        stream_at = density(np.asarray(w, dtype=np.float64))
-    else:
-        w = np.where(ok, np.asarray(w, dtype=np.float64), 0.0)
-        wo = np.where(ok, np.asarray(w_off, dtype=np.float64), 0.0)
-        h_on, _ = np.histogramdd(points[ok], bins=edges, weights=w[ok])
-        h_off, _ = np.histogramdd(points[ok], bins=edges, weights=wo[ok])
-        diff = gaussian_filter(h_on - h_off, smooth, mode="constant")
-        # each star left out of its own histogram, as above
-        stream_at = np.maximum(diff[idx] - (w - wo) * self_share, 0.0) / max(
-            float(np.maximum(diff, 0.0).sum()), 1e-300)
+    stream_at = density(w, w_off)
     stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
     tiny = 1e-12
     return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),
