@@ -296,8 +296,9 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         return Membership(p, None, widths, float(np.mean(p)), (np.nan, np.nan), iterations,
                           cmd is not None, failed=True, quality=use_quality)
     sel = p >= 0.5
-    final = _absolute_track(track, base_track, widths, phi1[sel] if sel.any() else phi1[core])
-    rng = member_extent(phi1[sel]) if sel.any() else (np.nan, np.nan)
+    extent = member_extent(phi1[sel] if sel.any() else phi1[core])
+    final = _absolute_track(track, base_track, widths, extent)
+    rng = extent if sel.any() else (np.nan, np.nan)
     return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None,
                       quality=use_quality)
 
@@ -755,10 +756,11 @@ def _central_tap(sigma: float) -> float:
     return float(gaussian_filter(delta, sigma, mode="constant")[r])
 
 
-def _absolute_track(resid: Track, base: Track | None, widths: dict, member_phi1,
+def _absolute_track(resid: Track, base: Track | None, widths: dict, extent,
                     step_deg: float = 1.5) -> Track:
-    """The fitted track in absolute frame values, sampled over the members' phi1 extent."""
-    lo, hi = member_extent(member_phi1)
+    """The fitted track in absolute frame values, sampled over ``extent`` (the members'
+    phi1 extent, :func:`member_extent`)."""
+    lo, hi = extent
     grid = np.linspace(lo, hi, max(int(np.ceil((hi - lo) / step_deg)) + 1, 2)) if hi > lo \
         else np.array([lo])
     values, wid = {}, {}
