@@ -299,9 +299,11 @@ def test_the_streams_colour_magnitude_density_is_the_field_subtracted_excess(rng
 def test_the_fields_density_is_not_thinned_at_the_parallax_cut(rng, estimator):
     # a field uniform in (pm1, pm2, parallax, colour), cut at parallax < 1: a kNN box that
     # reaches past the cut holds fewer stars than the density there; without the mirrored
-    # stars the field is under-stated by ~0.4-0.5 in log at the cut (faint stars pile up
+    # stars the field is under-stated by ~0.15-0.5 in log at the cut (faint stars pile up
     # there in a real catalogue, and a member's odds against them grow by as much)
-    ref = rng.uniform(0, 1, (20000, 4))
+    # ~180 stars in the near-cut box: with fewer, their own Poisson scatter (~15 %) is the
+    # test's noise
+    ref = rng.uniform(0, 1, (100000, 4))
     near_cut = np.column_stack([rng.uniform(0.3, 0.7, (400, 2)), rng.uniform(0.97, 1.0, 400),
                                 rng.uniform(0.3, 0.7, 400)])
     inside = near_cut.copy()
@@ -314,10 +316,10 @@ def test_the_fields_density_is_not_thinned_at_the_parallax_cut(rng, estimator):
         return _conditional_log_density(ref, query, is_ref, 1, top)
 
     none = np.zeros(400, bool)
-    assert np.median(est(near_cut, none, np.inf)) < -0.3  # the bias being corrected
+    assert np.mean(est(near_cut, none, np.inf)) < -0.1  # the bias being corrected
     for query, is_ref in ((near_cut, none), (inside, none), (ref[own], np.ones(own.sum(), bool))):
-        # the true density is 1 (log 0); kNN's own small-k bias is ~+0.05
-        assert abs(np.median(est(query, is_ref, 1.0))) < 0.12
+        # the true density is 1 (log 0); digamma(k) makes the mean log density unbiased
+        assert abs(np.mean(est(query, is_ref, 1.0))) < 0.12
     # far from the cut the mirrored stars change nothing
     assert np.array_equal(est(inside, none, 1.0)[inside[:, 2] < 0.5],
                           est(inside, none, np.inf)[inside[:, 2] < 0.5])

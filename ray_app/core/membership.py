@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
-from scipy.special import expit, gammaln, log_ndtr
+from scipy.special import digamma, expit, gammaln, log_ndtr
 
 from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, weighted_quantile
 
@@ -87,8 +87,13 @@ CONTROL_WIDTHS = 4.0
 #: footprint cannot be told from the field by position, and a model without a field beside
 #: it runs away).
 CONTROL_MIN_SHARE = 0.25
-#: Neighbours of the field's kinematic kNN density.
-FIELD_K = 24
+#: Neighbours of the field's kinematic kNN density. Few, because the kNN box averages the
+#: field over its width, and a stream sits where the field's distant halo stars peak in
+#: proper motion and parallax: a wide box under-states the field exactly there, and every
+#: membership near the stream is over-confident (benchmarks/membership_calibration.py: at
+#: 24 neighbours the stars given 0.55 were 0.42 stream, at 8 0.53; at 4 the noise makes
+#: them under-confident). The log density uses digamma(k), so its noise does not bias it.
+FIELD_K = 8
 #: Sky histogram of the field: bin sizes (deg) in phi1 and phi2.
 SKY_BINS_DEG = (5.0, 0.5)
 #: Colour-magnitude histograms: bin sizes and Gaussian smoothing (mag) in colour, magnitude.
@@ -588,7 +593,9 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
 
     The k-th neighbour in the joint space under the max-norm sets a half-width ``r``; of
     the ``n_c`` reference stars within ``r`` in the conditioning columns alone, ``k`` are
-    within ``r`` in the leading ones too: ``q = k / (n_c (2 r)^d)``. The joint and the
+    within ``r`` in the leading ones too: ``q = k / (n_c (2 r)^d)``, its log with
+    ``digamma(k)`` for ``log k`` (the box's size is random: ``log k`` over-states the mean
+    log density by ~1 / 2k, digamma does not; n_c is large). The joint and the
     marginal counts share one box in the conditioning columns, so the smoothing there
     cancels; a ratio of two kNN densities smooths the joint (more dimensions) more widely
     than the marginal and under-states the field wherever its conditioning distribution is
@@ -604,13 +611,14 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
     n_c = cKDTree(ref[:, d:]).query_ball_point(query[:, d:], r, p=np.inf, return_length=True)
     n_c = np.maximum(n_c - query_is_ref, k)
     count = k + _mirrored_count(ref, query, query_is_ref, r, top, np.inf)
-    return np.log(count) - np.log(n_c) - d * np.log(2 * r)
+    return digamma(count) - np.log(n_c) - d * np.log(2 * r)
 
 
 def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
                      top: float = np.inf) -> np.ndarray:
     """log kNN density of ``ref`` at ``query`` (a reference star does not count itself;
-    ``top``: see :func:`_mirrored_count`)."""
+    ``top``: see :func:`_mirrored_count`), with ``digamma(k)`` for ``log k`` (an unbiased
+    log density: :func:`_conditional_log_density`)."""
     d = ref.shape[1]
     k = min(FIELD_K, len(ref) - 1)
     dist, _ = cKDTree(ref).query(query, k=k + 1)
@@ -618,7 +626,7 @@ def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarra
     rk = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
     log_vd = 0.5 * d * np.log(np.pi) - gammaln(0.5 * d + 1)
     count = k + _mirrored_count(ref, query, query_is_ref, rk, top, 2.0)
-    return np.log(count) - np.log(len(ref)) - log_vd - d * np.log(rk)
+    return digamma(count) - np.log(len(ref)) - log_vd - d * np.log(rk)
 
 
 def _mirrored_count(ref, query, query_is_ref, r, top: float, norm: float) -> np.ndarray:
