@@ -91,8 +91,8 @@ CONTROL_MIN_SHARE = 0.25
 #: field over its width, and a stream sits where the field's distant halo stars peak in
 #: proper motion and parallax: a wide box under-states the field exactly there, and every
 #: membership near the stream is over-confident (benchmarks/membership_calibration.py: at
-#: 24 neighbours the stars given 0.55 were 0.42 stream, at 8 0.53; at 4 the noise makes
-#: them under-confident). The log density uses digamma(k), so its noise does not bias it.
+#: 24 neighbours the stars given 0.55 were 0.44 stream, at 8 0.50; at 4 the low bins turn
+#: under-confident). The log density uses digamma(k), so its noise does not bias it.
 FIELD_K = 8
 #: Sky histogram of the field: bin sizes (deg) in phi1 and phi2.
 SKY_BINS_DEG = (5.0, 0.5)
