@@ -342,10 +342,12 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                 **phot[2], "used": True,
                 "stars_with_photometry": int(np.sum(np.isfinite(phot[0])
                                                     & np.isfinite(phot[1]))),
-                "rule": "colour-magnitude likelihood ratio learnt from the candidate's members "
-                        "against the off-track field, and the field's kinematic density "
-                        "conditional on colour and magnitude; stars without photometry are "
-                        "not members"},
+                "rule": "colour-magnitude likelihood ratio learnt from the data: the "
+                        "stream's density a background-subtracted Hess diagram (stars near "
+                        "the track weighted by their kinematic membership probability, less "
+                        "the off-track field with the same weights), the field's from the "
+                        "off-track stars; the field's kinematic density is conditional on "
+                        "colour and magnitude; stars without photometry are not members"},
             "errors": sorted(errors),
             "quality": "without photometry, a star's log proper-motion error (a brightness "
                        "proxy) enters as a learnt stream against field density; per candidate "
