@@ -404,17 +404,7 @@ def _extended(track: Track, phi1, name) -> np.ndarray:
     its nodes: a base track off by a tilt (a core found in a tilted frame) is followed along
     the stream, while a right one (residuals without trend) is held flat; the end nodes'
     own slope, from a few stars, would swing."""
-    vals = track.values.get(name)
-    if vals is None or not np.any(np.isfinite(vals)):
-        return np.zeros_like(phi1)
-    ok = np.isfinite(vals)
-    x, v = track.phi1[ok], vals[ok]
-    out = np.interp(phi1, x, v)
-    if len(x) >= 2:
-        slope = np.polyfit(x, v, 1)[0]
-        out = np.where(phi1 < x[0], v[0] + slope * (phi1 - x[0]),
-                       np.where(phi1 > x[-1], v[-1] + slope * (phi1 - x[-1]), out))
-    return out
+    return track.at(phi1, name, slope_span_deg=np.inf)
 
 
 def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:

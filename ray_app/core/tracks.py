@@ -11,7 +11,8 @@ of a stream's stars (and optionally their spread). Two uses:
 
 Between nodes a track is linear; beyond its end nodes it is extended along the straight line
 through its last ``EXTEND_DEG`` degrees, so a stream that leaves a tilted frame is followed,
-without the wild swings of a polynomial.
+without the wild swings of a polynomial (``Track.at(..., slope_span_deg=inf)``: the line
+through all its nodes, for a track of residuals about another one).
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ class Track:
             if name not in TRACK_FEATURES:
                 raise ValueError(f"unknown track feature {name!r}; allowed: {TRACK_FEATURES}")
 
-    def at(self, phi1, feature: str) -> np.ndarray:
-        """The track's ``feature`` at ``phi1`` (0 where it does not describe the feature)."""
-        return _evaluate(self.phi1, self.values.get(feature), phi1)
+    def at(self, phi1, feature: str, slope_span_deg: float = EXTEND_DEG) -> np.ndarray:
+        """The track's ``feature`` at ``phi1`` (0 where it does not describe the feature).
+
+        Beyond an end node the track continues along the line fitted to its nodes within
+        ``slope_span_deg`` of that end (at least two nodes; ``inf``: all of them, one slope
+        for both ends).
+        """
+        return _evaluate(self.phi1, self.values.get(feature), phi1,
+                         slope_span_deg=slope_span_deg)
 
     def width_at(self, phi1, feature: str) -> np.ndarray:
         """The track's spread of ``feature`` at ``phi1`` (NaN where unknown)."""
@@ -104,13 +111,14 @@ class Track:
                 "points": self.points()}
 
 
-def _evaluate(nodes, values, x, extend: bool = True) -> np.ndarray:
+def _evaluate(nodes, values, x, extend: bool = True,
+              slope_span_deg: float = EXTEND_DEG) -> np.ndarray:
     shape = np.shape(x)
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
-    return _evaluate_1d(nodes, values, x, extend).reshape(shape)
+    return _evaluate_1d(nodes, values, x, extend, slope_span_deg).reshape(shape)
 
 
-def _evaluate_1d(nodes, values, x, extend) -> np.ndarray:
+def _evaluate_1d(nodes, values, x, extend, slope_span_deg: float = EXTEND_DEG) -> np.ndarray:
     if values is None:
         return np.zeros_like(x)
     nodes = np.asarray(nodes, dtype=np.float64)
@@ -124,8 +132,8 @@ def _evaluate_1d(nodes, values, x, extend) -> np.ndarray:
         return y
     for side in (0, 1):
         edge = nodes[0] if side == 0 else nodes[-1]
-        near = (nodes <= nodes[0] + EXTEND_DEG) if side == 0 else (nodes >= nodes[-1]
-                                                                    - EXTEND_DEG)
+        near = (nodes <= nodes[0] + slope_span_deg) if side == 0 else (
+            nodes >= nodes[-1] - slope_span_deg)
         if near.sum() < 2:
             near = np.zeros(len(nodes), bool)
             near[[0, 1] if side == 0 else [-2, -1]] = True
