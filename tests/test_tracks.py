@@ -35,6 +35,16 @@ def test_track_extends_along_its_ends_and_tilts():
         Track(np.array([0.0]), {"ra": np.array([0.0])})
 
 
+def test_a_residual_track_continues_along_the_line_through_all_its_nodes():
+    # flat, then a last node off by 10: its own end slope (the last two nodes) would swing
+    # to 1 per deg; the line through all nodes rises 0.5 per deg
+    t = Track(np.array([0.0, 10.0, 20.0]), {"phi2": np.array([0.0, 0.0, 10.0])})
+    assert t.at(30.0, "phi2") == pytest.approx(20.0)
+    assert t.at(30.0, "phi2", slope_span_deg=np.inf) == pytest.approx(15.0)
+    assert t.at(-10.0, "phi2", slope_span_deg=np.inf) == pytest.approx(-5.0)
+    assert t.at(15.0, "phi2", slope_span_deg=np.inf) == pytest.approx(5.0)  # inside: linear
+
+
 def test_relative_features_subtract_the_registry_track():
     gd1 = get_stream("gd-1")
     track = gd1.detection_track
