@@ -7,11 +7,14 @@ is the stream's middle fifth in phi1 plus field stars beside it (a fifth as many
 persistence core is, so the table measures the membership model without the detection.
 ``--stream-cmd oracle`` learns the stream's colour-magnitude density from the injected
 stars instead of the model's weights (what the colour-magnitude term could do with a
-perfect locus). Prints purity and completeness per sky and the calibration table: per
-probability bin, the mean probability against the injected fraction.
+perfect locus). ``--width-ends A B`` injects a stream whose phi2 width runs from A to B
+times the registry width along phi1 (a widening tail). Prints purity and completeness per
+sky and the calibration table: per probability bin, the mean probability against the
+injected fraction.
 
     python benchmarks/membership_calibration.py
     python benchmarks/membership_calibration.py --photometry none
+    python benchmarks/membership_calibration.py --width-ends 0.5 2
 """
 
 from __future__ import annotations
@@ -42,10 +45,13 @@ def seed_core(raw: dict, truth: np.ndarray, rng) -> np.ndarray:
 
 
 def one_sky(key: str, members: int, background: int, seed: int, photometry: bool,
-            oracle: bool) -> tuple[np.ndarray, np.ndarray]:
+            oracle: bool, width_ends=(1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     info = get_stream(key)
+    widths = (None, None) if tuple(width_ends) == (1.0, 1.0) else tuple(
+        f * info.width_deg for f in width_ends)
     cols = synthetic_sky(info.footprint, background,
-                         [Injection(info, members, giant_fraction=STREAM_GIANT_FRACTION)],
+                         [Injection(info, members, width_deg=widths[0], width_end_deg=widths[1],
+                                    giant_fraction=STREAM_GIANT_FRACTION)],
                          seed=seed, cuts=info.default_cuts)
     raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"],
                              cols["pmdec"], cols["parallax"])
@@ -76,6 +82,9 @@ def main() -> None:
     ap.add_argument("--stream-cmd", choices=["model", "oracle"], default="model",
                     help="the stream's colour-magnitude density from the model's weights, "
                          "or from the injected stars")
+    ap.add_argument("--width-ends", nargs=2, type=float, default=[1.0, 1.0],
+                    metavar=("A", "B"), help="the injected phi2 width runs from A to B times "
+                    "the registry width along phi1 (default 1 1: constant)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     probs, truths = [], []
@@ -84,7 +93,8 @@ def main() -> None:
     for key in args.streams:
         for i in range(args.skies):
             p, truth = one_sky(key, args.members, args.background, 100 + i,
-                               args.photometry == "gaia", args.stream_cmd == "oracle")
+                               args.photometry == "gaia", args.stream_cmd == "oracle",
+                               args.width_ends)
             sel = p >= 0.5
             print(f"| {key} | {i} | {int(sel.sum())} | "
                   f"{np.sum(sel & truth) / max(sel.sum(), 1):.3f} | "
@@ -93,7 +103,8 @@ def main() -> None:
             truths.append(truth)
     p, truth = np.concatenate(probs), np.concatenate(truths)
     print(f"\n{len(probs)} skies in {time.perf_counter() - t0:.0f} s; photometry "
-          f"{args.photometry}; stream colour-magnitude density: {args.stream_cmd}\n")
+          f"{args.photometry}; stream colour-magnitude density: {args.stream_cmd}; "
+          f"phi2 width {args.width_ends[0]:g} to {args.width_ends[1]:g} x the registry's\n")
     print("| membership probability | stars | mean probability | injected fraction |")
     print("|---|---:|---:|---:|")
     which = np.digitize(p, BINS) - 1

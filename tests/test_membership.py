@@ -10,6 +10,7 @@ from ray_app.core.membership import (
     CMD_SMOOTH,
     _conditional_log_density,
     _fit_width,
+    _fit_width_profile,
     _hess_weights,
     _knn_log_density,
     _learnt_log_densities,
@@ -17,6 +18,7 @@ from ray_app.core.membership import (
     _log_quality,
     _log_sky,
     _log_truncated_normal,
+    _width_at,
     member_extent,
     membership_probabilities,
     validate_member_probability,
@@ -181,6 +183,50 @@ def test_fit_width_deconvolves_star_by_star(rng, width):
         max(width, 0.02), abs=0.08)
     # the cap holds
     assert _fit_width(r * 100, e ** 2, w, 0.02, 2.0) == 2.0
+
+
+def test_a_width_profile_follows_a_widening_stream_and_a_sparse_one_gets_one_width(rng):
+    # 0.1 deg at phi1 -50 to 0.5 at +50, errors 0.05-0.3: each 10 deg bin gets its own width
+    n = 4000
+    phi1 = rng.uniform(-50, 50, n)
+    true = 0.1 + 0.4 * (phi1 + 50) / 100
+    e = rng.uniform(0.05, 0.3, n)
+    r = rng.normal(0, np.hypot(true, e))
+    profile = _fit_width_profile(phi1, r, e ** 2, np.ones(n), 0.02, 2.0)
+    at = np.array([-45.0, -25.0, 0.0, 25.0, 45.0])
+    assert len(profile[0]) >= 8
+    np.testing.assert_allclose(_width_at(profile, at), 0.1 + 0.4 * (at + 50) / 100, rtol=0.2)
+    # field stars at ~0 weight neither set a bin nor move a width
+    far = rng.uniform(-50, 50, 20000)
+    profile_f = _fit_width_profile(np.r_[phi1, far], np.r_[r, rng.uniform(-5, 5, 20000)],
+                                   np.r_[e ** 2, np.full(20000, 0.01)],
+                                   np.r_[np.ones(n), np.full(20000, 1e-4)], 0.02, 2.0)
+    np.testing.assert_allclose(_width_at(profile_f, at), _width_at(profile, at), rtol=0.05)
+    # fewer stars than two bins' worth: one width for the whole stream, within the limits
+    few = rng.choice(n, 60, replace=False)
+    nodes, widths = _fit_width_profile(phi1[few], r[few], e[few] ** 2, np.ones(60), 0.02, 0.2)
+    assert len(widths) == 1 and widths[0] == 0.2  # the cap holds
+
+
+def test_members_follow_a_stream_whose_width_grows_fivefold(rng):
+    # GD-1 injected 0.1 deg wide at its low-phi1 end and 0.5 at its high one: one width for
+    # the whole stream (~0.25 deg) loses the wide end's outer members (0.94-0.95 of those
+    # beyond phi1 -30 kept over three seeds, against 0.98-0.99 with a width along phi1)
+    gd1 = get_stream("gd-1")
+    cols = synthetic_sky(gd1.footprint, 12000, [Injection(gd1, 800, width_deg=0.1,
+                                                          width_end_deg=0.5)],
+                         seed=11, cuts=gd1.default_cuts)
+    raw, _ = stream_features(gd1.frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"],
+                             cols["parallax"])
+    truth = cols["is_stream"]
+    m = membership_probabilities(raw, _lump_core(raw, truth, rng), feature_errors(cols),
+                                 base_track=gd1.detection_track)
+    precision, recall = _scores(m.probability, truth)
+    assert recall > 0.85 and precision > 0.85, (precision, recall)
+    narrow, wide = m.track.width_at(np.array([-75.0, -5.0]), "phi2")
+    assert 0.07 < narrow < 0.2 and 0.3 < wide < 0.7, (narrow, wide)  # 0.16 and 0.44 there
+    far = truth & (raw["phi1"] > -30)
+    assert np.mean(m.probability[far] >= 0.5) > 0.97
 
 
 def test_a_tiny_core_is_kept_as_it_is(sky):

@@ -7,11 +7,13 @@ few EM iterations starting from the core:
 
 **Stream** ``s(x) = rho(phi1) * prod_j N(x_j - t_j(phi1); 0, w_j^2 + e_ij^2)``
     ``t_j`` is the track (``tracks.fit_track``: weighted medians in ~3 deg phi1 bins, so a field
-    star that a weighted fit still holds cannot drag it); ``w_j`` the intrinsic width of feature j
-    (a robust deconvolution: the width at which the weighted median of ``|r_i| / sqrt(w_j^2 +
-    e_ij^2)`` is a unit normal's, floored at :data:`WIDTH_FLOOR` and capped at
+    star that a weighted fit still holds cannot drag it); ``w_j(phi1)`` the intrinsic width of
+    feature j (a robust deconvolution: the width at which the weighted median of ``|r_i| /
+    sqrt(w_j^2 + e_ij^2)`` is a unit normal's, floored at :data:`WIDTH_FLOOR` and capped at
     :data:`MAX_WIDTH_GROWTH` x the core's own spread about its own track, so the stream cannot
-    swallow the field); ``e_ij`` the star's measurement error where the catalogue has error columns;
+    swallow the field; fitted in phi1 bins of :data:`WIDTH_MIN_STARS` members or more and
+    smoothed, so a widening tail is followed); ``e_ij`` the star's measurement error where the
+    catalogue has error columns;
     ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow by
     :data:`GROW_DEG` beyond the current members per iteration, so a long stream is followed out of
     its core).
@@ -62,7 +64,7 @@ from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.special import digamma, expit, gammaln, log_ndtr
 
-from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, weighted_quantile
+from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, smooth_nodes, weighted_quantile
 
 #: Default ``memberProbability``: members are the stars more likely stream than field.
 DEFAULT_MEMBER_PROBABILITY = 0.5
@@ -73,6 +75,13 @@ MAX_STREAM_SHARE = 0.5
 N_ITERATIONS = 8
 #: Smallest intrinsic width per feature (deg, mas/yr, mas): a stream is never a line.
 WIDTH_FLOOR = {"phi2": 0.05, "pm_phi1_cosphi2": 0.05, "pm_phi2": 0.05, "parallax": 0.02}
+#: Widths vary along a stream (tails widen; the proper-motion dispersion of a stream at a
+#: changing distance changes with it): each is fitted in phi1 bins of about this many
+#: degrees holding at least WIDTH_MIN_STARS effective members (fewer: the bins widen, down
+#: to one width for the whole stream), then smoothed over neighbouring bins. A robust width
+#: from 50 stars is good to ~15 %.
+WIDTH_SPACING_DEG = 10.0
+WIDTH_MIN_STARS = 50.0
 #: An intrinsic width may grow to at most this multiple of the core's spread (the core is
 #: cut at its saddle density, so it under-states the width; the cap keeps the field out).
 MAX_WIDTH_GROWTH = 2.5
@@ -135,7 +144,8 @@ class Membership:
     track : Track
         The fitted track (absolute frame values) with intrinsic widths.
     widths : dict
-        Intrinsic width per feature (deg, mas/yr, mas).
+        Intrinsic width per feature (deg, mas/yr, mas): the members' median of its profile
+        along phi1 (``track.widths`` holds the profile).
     fraction : float
         Fitted stream fraction of the job's stars.
     phi1_range : (float, float)
@@ -227,7 +237,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     if base_track is not None:  # a named stream is expected along its whole registry track
         lo, hi = min(lo, float(base_track.phi1[0])), max(hi, float(base_track.phi1[-1]))
     track = None
-    widths = {}
+    profiles = {}
     iterations = 0
     for it in range(1, n_iter + 1):
         iterations = it
@@ -238,22 +248,24 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             break
         resid = {name: resid_base[name] - _extended(track, phi1, name)
                  for name in TRACK_FEATURES}
-        widths = {}
+        profiles = {}
         # the widest band that leaves CONTROL_MIN_SHARE of the stars beyond it
         band_max = float(np.quantile(np.abs(resid["phi2"]), 1 - CONTROL_MIN_SHARE))
         cap = {name: MAX_WIDTH_GROWTH * core_spread[name] for name in TRACK_FEATURES}
         cap["phi2"] = max(min(cap["phi2"], band_max / CONTROL_WIDTHS), WIDTH_FLOOR["phi2"])
         log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
         log_s_kin = 0.0
+        star_width = {}
         for name in TRACK_FEATURES:
             if it == 1:
                 # start wide and let EM contract: started from the core's own (density-cut)
                 # spread, EM settles on the core's lump instead of the stream
-                widths[name] = cap[name]
+                profiles[name] = (np.array([0.0]), np.array([cap[name]]))
             else:
-                widths[name] = _fit_width(resid[name], err2[name], w, WIDTH_FLOOR[name],
-                                          cap[name])
-            var = widths[name] ** 2 + err2[name]
+                profiles[name] = _fit_width_profile(phi1, resid[name], err2[name], w,
+                                                    WIDTH_FLOOR[name], cap[name])
+            star_width[name] = _width_at(profiles[name], phi1)
+            var = star_width[name] ** 2 + err2[name]
             # the observed parallax is below the cut: resid < cut - model
             upper = (plx_top - (np.asarray(raw[name], dtype=np.float64) - resid[name])
                      if name == "parallax" else np.inf)
@@ -263,7 +275,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                 log_s_kin = log_s_kin + term
         # the field is learnt off the track (a control region), never from the stars the
         # model currently calls non-members: that circularity lets EM run away either way
-        band = min(max(CONTROL_MIN_DEG, CONTROL_WIDTHS * widths["phi2"]), band_max)
+        band = np.minimum(np.maximum(CONTROL_WIDTHS * star_width["phi2"], CONTROL_MIN_DEG),
+                          band_max)
         control = np.abs(resid["phi2"]) > band
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
@@ -271,7 +284,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         log_b_kin = _field_log_kinematics(raw, control, field_kin, quality, cmd, plx_top)
         log_b = _log_sky(raw, resid["phi2"], band, control, n * (1 - frac)) + log_b_kin
         if cmd is not None:
-            w_on, w_off = _hess_weights(resid["phi2"], widths["phi2"], w, control,
+            w_on, w_off = _hess_weights(resid["phi2"], star_width["phi2"], w, control,
                                         log_s_kin - log_b_kin)
             cs, cb = _log_cmd(cmd, w_on, control, w_off)
             log_s += cs
@@ -294,6 +307,9 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         # a photometric filter that a star cannot be put through does not pass it: a member
         # list that claims photometric vetting holds no unvetted star
         p = np.where(cmd[2], p, 0.0)
+    # one width per feature to quote: the members' median of the width along the stream
+    widths = {name: float(weighted_quantile(_width_at(prof, phi1), p, 0.5)) if p.sum() > 0
+              else float(prof[1][0]) for name, prof in profiles.items()}
     if np.mean(p >= 0.5) > MAX_STREAM_SHARE:
         # a "stream" of most of the job's stars is the field: the model failed, keep the seed
         p = np.zeros(n)
@@ -302,7 +318,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                           cmd is not None, failed=True, quality=use_quality)
     sel = p >= 0.5
     extent = member_extent(phi1[sel] if sel.any() else phi1[core])
-    final = _absolute_track(track, base_track, widths, extent)
+    final = _absolute_track(track, base_track, profiles, extent)
     rng = extent if sel.any() else (np.nan, np.nan)
     return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None,
                       quality=use_quality)
@@ -394,6 +410,42 @@ def _fit_width(r, e2, w, floor: float, cap: float) -> float:
     return float(0.5 * (lo + hi))
 
 
+def _fit_width_profile(phi1, r, e2, w, floor: float, cap: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Intrinsic width of residuals ``r`` as a function of phi1: :func:`_fit_width` in
+    bins of ~:data:`WIDTH_SPACING_DEG` holding at least :data:`WIDTH_MIN_STARS` of weight
+    ``w`` (a stream too sparse for two such bins gets one width), smoothed over
+    neighbouring bins in log width (a 1-2-1 kernel).
+
+    Returns
+    -------
+    nodes, widths : arrays
+        Weighted mean phi1 of each bin (deg) and its width; :func:`_width_at` interpolates
+        between the nodes and holds the end widths beyond them.
+    """
+    order = np.argsort(phi1, kind="stable")
+    ws = np.where(w >= 1e-3, w, 0.0)[order]  # the field's ~0 weights set no bin's edge
+    edges = phi1_bins(phi1[order], ws, WIDTH_SPACING_DEG, WIDTH_MIN_STARS)
+    nodes, widths = [], []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        rows = order[a:b]
+        if ws[a:b].sum() <= 0:
+            continue
+        nodes.append(float(np.average(phi1[rows], weights=ws[a:b])))
+        widths.append(_fit_width(r[rows], e2[rows], w[rows], floor, cap))
+    if not nodes:
+        return np.array([0.0]), np.array([float(cap)])
+    nodes, widths = np.array(nodes), smooth_nodes(np.log(widths))
+    keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
+    return nodes[keep], np.clip(np.exp(widths[keep]), floor, cap)
+
+
+def _width_at(profile, phi1) -> np.ndarray:
+    """A width profile (:func:`_fit_width_profile`) at ``phi1``."""
+    nodes, widths = profile
+    return np.interp(np.asarray(phi1, dtype=np.float64), nodes, widths)
+
+
 def _bin_of(x, edges, n_bins: int) -> np.ndarray:
     """Index of the histogram bin (of ``edges``) holding each ``x``, clipped to the range."""
     return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
@@ -483,8 +535,8 @@ def _sky_exposure(phi1, phi2, track_phi2, band, b1, b2, stars_per_cell: float = 
     the footprint's bounding box; a cell is inside the footprint when it holds a star or
     is closed in by ones that do (a morphological closing: where the field thins, a cell
     inside the footprint can be empty by chance), and outside the band when its centre is
-    farther than ``band`` from the track (``track_phi2``: the track's phi2 at each star,
-    interpolated in phi1).
+    farther than ``band`` from the track (``track_phi2`` and ``band``: the track's phi2 and
+    the band's half-width at each star, interpolated in phi1; ``band`` may be one number).
     """
     target = stars_per_cell * (b1[-1] - b1[0]) * (b2[-1] - b2[0]) / max(len(phi1), 1)
     n2 = max(int((b2[1] - b2[0]) / np.sqrt(target)), 1)
@@ -497,7 +549,8 @@ def _sky_exposure(phi1, phi2, track_phi2, band, b1, b2, stars_per_cell: float = 
     c1, c2 = 0.5 * (f1[:-1] + f1[1:]), 0.5 * (f2[:-1] + f2[1:])
     order = np.argsort(phi1, kind="stable")
     track = np.interp(c1, phi1[order], track_phi2[order])
-    outside = np.abs(c2[None, :] - track[:, None]) > band
+    half = np.interp(c1, phi1[order], np.broadcast_to(band, phi1.shape)[order])
+    outside = np.abs(c2[None, :] - track[:, None]) > half[:, None]
 
     def share(cells):
         return cells.astype(float).reshape(len(b1) - 1, n1, len(b2) - 1, n2).mean(axis=(1, 3))
@@ -754,10 +807,11 @@ def _central_tap(sigma: float) -> float:
     return float(gaussian_filter(delta, sigma, mode="constant")[r])
 
 
-def _absolute_track(resid: Track, base: Track | None, widths: dict, extent,
+def _absolute_track(resid: Track, base: Track | None, profiles: dict, extent,
                     step_deg: float = 1.5) -> Track:
-    """The fitted track in absolute frame values, sampled over ``extent`` (the members'
-    phi1 extent, :func:`member_extent`)."""
+    """The fitted track in absolute frame values, with its widths (``profiles``:
+    :func:`_fit_width_profile`), sampled over ``extent`` (the members' phi1 extent,
+    :func:`member_extent`)."""
     lo, hi = extent
     grid = np.linspace(lo, hi, max(int(np.ceil((hi - lo) / step_deg)) + 1, 2)) if hi > lo \
         else np.array([lo])
@@ -765,6 +819,7 @@ def _absolute_track(resid: Track, base: Track | None, widths: dict, extent,
     for name in TRACK_FEATURES:
         values[name] = _extended(resid, grid, name) + (base.at(grid, name) if base is not None
                                                        else 0.0)
-        wid[name] = np.full(len(grid), widths.get(name, np.nan))
+        wid[name] = (_width_at(profiles[name], grid) if name in profiles
+                     else np.full(len(grid), np.nan))
     return Track(grid, values, wid, source="membership fit" + (
         f" about {base.source}" if base is not None else ""))

@@ -205,7 +205,7 @@ def fit_track(phi1, features: dict, weights=None, knot_spacing_deg: float = 3.0,
             widths[name].append(1.4826 * mad)
     nodes = np.array(nodes)
     keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
-    smooth = {n: _smooth(np.array(v)[keep]) for n, v in widths.items()}
+    smooth = {n: smooth_nodes(np.array(v)[keep]) for n, v in widths.items()}
     return Track(nodes[keep], {n: np.array(v)[keep] for n, v in values.items()}, smooth,
                  source=source)
 
@@ -238,7 +238,10 @@ def weighted_quantile(v, w, q) -> float:
     return float(v[o][min(int(np.searchsorted(c, q * c[-1])), len(v) - 1)])
 
 
-def _smooth(a: np.ndarray) -> np.ndarray:
+def smooth_nodes(a: np.ndarray) -> np.ndarray:
+    """Values at consecutive nodes smoothed by a 1-2-1 kernel (the end nodes repeated);
+    fewer than three nodes are returned as they are."""
+    a = np.asarray(a, dtype=np.float64)
     if len(a) < 3:
         return a
     padded = np.concatenate([a[:1], a, a[-1:]])

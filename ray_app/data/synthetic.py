@@ -156,7 +156,11 @@ class Injection:
         Members generated brighter than the magnitude limit (some fall to the colour and
         parallax cuts, as real members would).
     width_deg : float, optional
-        Gaussian phi2 dispersion about the track (default: the registry width).
+        Gaussian phi2 dispersion about the track (default: the registry width); with
+        ``width_end_deg``, the dispersion at the track's low-phi1 end.
+    width_end_deg : float, optional
+        The phi2 dispersion at the track's high-phi1 end, the dispersion changing linearly
+        along phi1 in between (a stream whose tail widens); default: a constant width.
     velocity_dispersion_kms : float
         Intrinsic velocity dispersion (km/s), converted to proper motion at each star's
         distance (a cold globular-cluster stream: 2-5 km/s; dwarf-galaxy streams: 10-20).
@@ -181,6 +185,7 @@ class Injection:
     stream: object
     n_members: int
     width_deg: float | None = None
+    width_end_deg: float | None = None
     velocity_dispersion_kms: float = 4.0
     depth_fraction: float = 0.03
     clumpiness: float = 0.6
@@ -214,6 +219,8 @@ def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
         phi1 = np.concatenate([phi1, cand[acc]])
     phi1 = phi1[:n]
     width = inj.width_deg if inj.width_deg is not None else info.width_deg
+    if inj.width_end_deg is not None:
+        width = width + (inj.width_end_deg - width) * (phi1 - lo) / max(hi - lo, 1e-9)
     phi2 = np.interp(phi1, t["phi1"], t["phi2"]) + rng.normal(0, width, n) + np.tan(
         np.radians(inj.tilt_deg)) * (phi1 - 0.5 * (lo + hi))
     dist_track = t["distance_kpc"]
