@@ -229,6 +229,31 @@ def test_members_follow_a_stream_whose_width_grows_fivefold(rng):
     assert np.mean(m.probability[far] >= 0.5) > 0.97
 
 
+def test_a_stream_that_ends_inside_its_footprint_lends_no_density_beyond_its_end(rng):
+    # Orphan-Chenab injected over the first 60 % of its registry track, astrometry only: a
+    # stream density held at half its mean over the whole track made 18-37 field stars
+    # beyond the end members (seeds 1-3); the members' own histogram, each star's weight
+    # left out, gives 2-6
+    info = get_stream("orphan-chenab")
+    lo, hi = info.phi1_range
+    end = lo + 0.6 * (hi - lo)
+    cols = synthetic_sky(info.footprint, 20000, [Injection(info, 600, phi1_range_deg=(lo, end))],
+                         seed=2, cuts=info.default_cuts)
+    raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"],
+                             cols["parallax"])
+    truth = cols["is_stream"]
+    a, b = np.quantile(raw["phi1"][truth], [0.4, 0.6])
+    lump = np.flatnonzero(truth & (raw["phi1"] > a) & (raw["phi1"] < b))
+    beside = np.flatnonzero(~truth & (raw["phi1"] > a) & (raw["phi1"] < b)
+                            & (np.abs(raw["phi2"] - np.median(raw["phi2"][lump])) < 0.5))
+    core = np.union1d(lump, rng.choice(beside, size=len(lump) // 5, replace=False))
+    m = membership_probabilities(raw, core, feature_errors(cols),
+                                 base_track=info.detection_track)
+    precision, recall = _scores(m.probability, truth)
+    assert recall > 0.8 and precision > 0.85, (precision, recall)
+    assert np.sum((m.probability >= 0.5) & (raw["phi1"] > end + 2)) <= 12
+
+
 def test_a_tiny_core_is_kept_as_it_is(sky):
     _, _, raw = sky
     m = membership_probabilities(raw, np.array([3, 5, 8]))

@@ -15,8 +15,9 @@ few EM iterations starting from the core:
     smoothed, so a widening tail is followed); ``e_ij`` the star's measurement error where the
     catalogue has error columns;
     ``rho`` the stream's density along phi1 (a smoothed weighted histogram, allowed to grow by
-    :data:`GROW_DEG` beyond the current members per iteration, so a long stream is followed out of
-    its core).
+    :data:`GROW_DEG` beyond the current members per iteration, half of it spread evenly for
+    the first :data:`RHO_UNIFORM_ITER` iterations so a long stream is followed out of its
+    core, then its members' alone, so a stream that ends inside the footprint ends there).
 **Field** ``b(x) = h(phi1, phi2) * q(pm_phi1, pm_phi2, parallax | phi1 slab, error)``
     learnt from *control* stars, farther than max(1 deg, 4 widths) from the track (at least
     a quarter of the stars: the phi2 width is capped so that they exist): never
@@ -85,6 +86,14 @@ WIDTH_MIN_STARS = 50.0
 #: An intrinsic width may grow to at most this multiple of the core's spread (the core is
 #: cut at its saddle density, so it under-states the width; the cap keeps the field out).
 MAX_WIDTH_GROWTH = 2.5
+#: The stream's density along phi1 is part uniform over its allowed range, part its members'
+#: smoothed histogram: half uniform for the first RHO_UNIFORM_ITER iterations (a long stream
+#: is followed out of its core's lump), then RHO_UNIFORM_FINAL (the members span the stream by
+#: then; a stream that ends inside the footprint must not keep half its mean density beyond
+#: its end, where the field stars that match its motion would be called members).
+RHO_UNIFORM = 0.5
+RHO_UNIFORM_ITER = 3
+RHO_UNIFORM_FINAL = 0.02
 #: Per iteration, the stream's phi1 extent may grow by this much beyond its members (deg).
 GROW_DEG = 4.0
 #: The field is learnt from control stars farther than max(CONTROL_MIN_DEG, CONTROL_WIDTHS x
@@ -253,7 +262,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         band_max = float(np.quantile(np.abs(resid["phi2"]), 1 - CONTROL_MIN_SHARE))
         cap = {name: MAX_WIDTH_GROWTH * core_spread[name] for name in TRACK_FEATURES}
         cap["phi2"] = max(min(cap["phi2"], band_max / CONTROL_WIDTHS), WIDTH_FLOOR["phi2"])
-        log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG)
+        log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG,
+                         RHO_UNIFORM if it <= RHO_UNIFORM_ITER else RHO_UNIFORM_FINAL)
         log_s_kin = 0.0
         star_width = {}
         for name in TRACK_FEATURES:
@@ -459,10 +469,13 @@ def _extended(track: Track, phi1, name) -> np.ndarray:
     return track.at(phi1, name, slope_span_deg=np.inf)
 
 
-def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
-    """log density along phi1 of the stream (per deg): half uniform over [lo, hi], half the
-    members' smoothed histogram, zero outside. The uniform half lets a long stream be
-    followed beyond its core's lump; the histogram half follows its gaps and ends."""
+def _log_rho(phi1, w, lo, hi, uniform: float = 0.5, bin_deg: float = 2.0) -> np.ndarray:
+    """log density along phi1 of the stream (per deg): a share ``uniform`` spread evenly over
+    [lo, hi], the rest the members' smoothed histogram (weights ``w``), zero outside. The
+    uniform part lets a long stream be followed beyond its core's lump; the histogram
+    follows its gaps and ends. Each star's histogram density leaves its own weight out: a
+    field star beyond a stream's end would otherwise hold itself in (EM keeps it at the
+    probability it had)."""
     lo, hi = max(lo, float(phi1.min())), min(hi, float(phi1.max()))
     edges = np.arange(np.floor(phi1.min()), np.ceil(phi1.max()) + bin_deg, bin_deg)
     if len(edges) < 2:
@@ -472,11 +485,13 @@ def _log_rho(phi1, w, lo, hi, bin_deg: float = 2.0) -> np.ndarray:
     centres = 0.5 * (edges[:-1] + edges[1:])
     inside = (centres >= lo - 0.5 * bin_deg) & (centres <= hi + 0.5 * bin_deg)
     hist = np.where(inside, hist, 0.0)
-    dens = 0.5 * hist / max(hist.sum() * bin_deg, 1e-300) + 0.5 * inside / max(
-        inside.sum() * bin_deg, 1e-300)
     idx = _bin_of(phi1, edges, len(hist))
+    own = np.asarray(w, dtype=np.float64) * _central_tap(2.0)
+    h_at = np.maximum(hist[idx] - own, 0.0) * inside[idx]
+    dens = (1 - uniform) * h_at / max(hist.sum() * bin_deg, 1e-300) + uniform * inside[idx] / max(
+        inside.sum() * bin_deg, 1e-300)
     with np.errstate(divide="ignore"):
-        return np.log(dens[idx])
+        return np.log(dens)
 
 
 def _log_sky(raw, resid_phi2, band, control, n_field: float) -> np.ndarray:

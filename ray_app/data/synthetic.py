@@ -161,6 +161,9 @@ class Injection:
     width_end_deg : float, optional
         The phi2 dispersion at the track's high-phi1 end, the dispersion changing linearly
         along phi1 in between (a stream whose tail widens); default: a constant width.
+    phi1_range_deg : (float, float), optional
+        Where along the track the members lie (deg of the registry frame's phi1; default the
+        whole track): a stream that ends inside its footprint.
     velocity_dispersion_kms : float
         Intrinsic velocity dispersion (km/s), converted to proper motion at each star's
         distance (a cold globular-cluster stream: 2-5 km/s; dwarf-galaxy streams: 10-20).
@@ -186,6 +189,7 @@ class Injection:
     n_members: int
     width_deg: float | None = None
     width_end_deg: float | None = None
+    phi1_range_deg: tuple | None = None
     velocity_dispersion_kms: float = 4.0
     depth_fraction: float = 0.03
     clumpiness: float = 0.6
@@ -199,7 +203,7 @@ def _members(inj: Injection, rng: np.random.Generator, g_max: float) -> dict:
 
     info = inj.stream if isinstance(inj.stream, StreamInfo) else get_stream(inj.stream)
     t = info.track_frame
-    lo, hi = info.phi1_range
+    lo, hi = info.phi1_range if inj.phi1_range_deg is None else inj.phi1_range_deg
     n = inj.n_members
     if n <= 0:
         return {}
