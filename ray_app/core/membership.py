@@ -309,7 +309,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if members.any():
             lo = min(lo, float(phi1[members].min()))
             hi = max(hi, float(phi1[members].max()))
-        converged = np.max(np.abs(p_new - p)) < 1e-3
+        # not before the stream's phi1 density has left its uniform start
+        converged = it > RHO_UNIFORM_ITER and np.max(np.abs(p_new - p)) < 1e-3
         p = p_new
         if converged:
             break
