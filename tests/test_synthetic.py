@@ -133,3 +133,19 @@ def test_injected_streams_are_an_old_population_by_default():
     old, g_old = giants_and_median_g()
     assert heavy > 0.5 and g_heavy < 17
     assert old < 0.15 and g_old > 19
+
+
+def test_an_injection_can_widen_along_its_track_and_end_early():
+    gd1 = get_stream("gd-1")
+    t = gd1.track_frame
+    cols = synthetic_sky(gd1.footprint, 100, [Injection(gd1, 3000, width_deg=0.1,
+                                                        width_end_deg=0.5,
+                                                        phi1_range_deg=(-80.0, -20.0))],
+                         seed=3)
+    m = cols["is_stream"]
+    phi1, phi2 = icrs_to_frame(gd1.frame, cols["ra"][m], cols["dec"][m])
+    assert phi1.min() > -80.5 and phi1.max() < -19.5  # the stream ends where it is told
+    resid = phi2 - np.interp(phi1, t["phi1"], t["phi2"])
+    narrow, wide = phi1 < -70, phi1 > -30  # the width runs 0.1 -> 0.5 over -80 .. -20
+    assert np.std(resid[narrow]) == pytest.approx(0.133, abs=0.03)
+    assert np.std(resid[wide]) == pytest.approx(0.467, abs=0.06)
