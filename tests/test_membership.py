@@ -211,7 +211,7 @@ def test_a_width_profile_follows_a_widening_stream_and_a_sparse_one_gets_one_wid
 def test_members_follow_a_stream_whose_width_grows_fivefold(rng):
     # GD-1 injected 0.1 deg wide at its low-phi1 end and 0.5 at its high one: one width for
     # the whole stream (~0.25 deg) loses the wide end's outer members (0.94-0.95 of those
-    # beyond phi1 -30 kept over three seeds, against 0.98-0.99 with a width along phi1)
+    # beyond phi1 -30 kept over three seeds, against 0.975-0.99 with a width along phi1)
     gd1 = get_stream("gd-1")
     cols = synthetic_sky(gd1.footprint, 12000, [Injection(gd1, 800, width_deg=0.1,
                                                           width_end_deg=0.5)],
