@@ -470,7 +470,7 @@ def _extended(track: Track, phi1, name) -> np.ndarray:
     return track.at(phi1, name, slope_span_deg=np.inf)
 
 
-def _log_rho(phi1, w, lo, hi, uniform: float = 0.5, bin_deg: float = 2.0) -> np.ndarray:
+def _log_rho(phi1, w, lo, hi, uniform: float = RHO_UNIFORM, bin_deg: float = 2.0) -> np.ndarray:
     """log density along phi1 of the stream (per deg): a share ``uniform`` spread evenly over
     [lo, hi], the rest the members' smoothed histogram (weights ``w``), zero outside. The
     uniform part lets a long stream be followed beyond its core's lump; the histogram
