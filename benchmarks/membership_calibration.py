@@ -47,10 +47,9 @@ def seed_core(raw: dict, truth: np.ndarray, rng) -> np.ndarray:
 def one_sky(key: str, members: int, background: int, seed: int, photometry: bool,
             oracle: bool, width_ends=(1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     info = get_stream(key)
-    widths = (None, None) if tuple(width_ends) == (1.0, 1.0) else tuple(
-        f * info.width_deg for f in width_ends)
+    start, end = (f * info.width_deg for f in width_ends)
     cols = synthetic_sky(info.footprint, background,
-                         [Injection(info, members, width_deg=widths[0], width_end_deg=widths[1],
+                         [Injection(info, members, width_deg=start, width_end_deg=end,
                                     giant_fraction=STREAM_GIANT_FRACTION)],
                          seed=seed, cuts=info.default_cuts)
     raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"],

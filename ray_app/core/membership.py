@@ -488,7 +488,7 @@ def _log_rho(phi1, w, lo, hi, uniform: float = RHO_UNIFORM, bin_deg: float = 2.0
     hist = np.where(inside, hist, 0.0)
     idx = _bin_of(phi1, edges, len(hist))
     own = np.asarray(w, dtype=np.float64) * _central_tap(2.0)
-    h_at = np.maximum(hist[idx] - own, 0.0) * inside[idx]
+    h_at = np.maximum(hist[idx] - own, 0.0)  # 0 outside [lo, hi]: hist is cut there
     dens = (1 - uniform) * h_at / max(hist.sum() * bin_deg, 1e-300) + uniform * inside[idx] / max(
         inside.sum() * bin_deg, 1e-300)
     with np.errstate(divide="ignore"):
