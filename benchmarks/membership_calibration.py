@@ -68,8 +68,8 @@ def one_sky(key: str, members: int, background: int, seed: int, photometry: bool
     phot = (cols["phot_g_mean_mag"], cols["bp_rp"]) if photometry else None
     model_cmd = membership._log_cmd
     if oracle:
-        membership._log_cmd = lambda cmd, w, control, w_off=None: model_cmd(
-            cmd, truth.astype(float), control)
+        membership._log_cmd = lambda cmd, w, control, w_off=None, shift=None: model_cmd(
+            cmd, truth.astype(float), control, None, shift)
     try:
         m = membership.membership_probabilities(raw, core, feature_errors(cols), phot,
                                                 base_track=info.detection_track)

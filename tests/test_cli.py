@@ -51,7 +51,8 @@ def test_outputs_contract(demo_run):
     assert cands[0]["match"]["key"] == "gd-1"  # the injected stream is named
     assert cands[0]["length_deg"] > 30 and 0.05 < cands[0]["width_deg"] < 0.6
     point = cands[0]["track"][0]
-    assert {"phi1", "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax", "phi2_width"} <= set(point)
+    assert {"phi1", "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax", "phi2_width",
+            "distance_modulus_offset"} <= set(point)
     assert np.all(np.diff([p["phi1"] for p in cands[0]["track"]]) <= 2.0)
     assert set(cands[0]["centroid"]) == {"phi1", "phi2", "pm_phi1_cosphi2", "pm_phi2",
                                          "parallax"}
@@ -79,6 +80,8 @@ def test_outputs_contract(demo_run):
         "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax"]
     assert meta["significance"]["frames_searched"] == 5
     assert meta["membership"]["photometry"]["colour"] == "bp_rp"
+    shift = meta["membership"]["candidates"][0]["distance_modulus_offset"]
+    assert shift is None or len(shift["phi1_deg"]) == len(shift["mag"]) >= 2
     assert meta["truth"][0]["precision"] > 0.9 and meta["truth"][0]["recall"] > 0.9
     assert {"density", "merge", "candidates", "write"} <= set(meta["timings_s"])
     assert "numpy" in meta["software"] and meta["data"]["kind"] == "synthetic"

@@ -7,8 +7,10 @@ from ray_app.core.features import stream_features
 from ray_app.core.membership import (
     CMD_BIN,
     CMD_FLOOR,
+    CMD_SHIFT_ROUNDS,
     CMD_SMOOTH,
     _conditional_log_density,
+    _fit_cmd_shift,
     _fit_width,
     _fit_width_profile,
     _hess_weights,
@@ -364,6 +366,42 @@ def test_the_streams_colour_magnitude_density_is_the_field_subtracted_excess(rng
     assert np.median(ls_em[field_seq] - lb_em[field_seq]) > 0  # what EM does
     assert np.median(ls[field_seq] - lb[field_seq]) < np.log(0.5)
     assert np.median(ls[is_stream] - lb[is_stream]) > np.log(10)
+
+
+@pytest.mark.parametrize("gradient", [0.0, 2.0])
+def test_the_streams_distance_gradient_is_measured_from_its_locus(rng, gradient):
+    # an old population's locus (a turnoff at M 4, the main sequence redder below it, the
+    # subgiants redder above) whose distance modulus grows by `gradient` mag over 100 deg of
+    # phi1, in a field spread over the colour-magnitude plane, both cut at G 21: the fitted
+    # shifts follow the distance modulus; without a gradient they stay at 0
+    n_f, n_s = 20000, 1500
+    phi1_s = rng.uniform(0, 100, n_s)
+    abs_mag = rng.uniform(2.0, 7.0, n_s)
+    mu = 15.0 + gradient * phi1_s / 100
+    colour = np.where(abs_mag > 4, 0.55 + 0.15 * (abs_mag - 4), 0.55 + 0.3 * (4 - abs_mag))
+    stream = np.column_stack([colour + rng.normal(0, 0.02, n_s), abs_mag + mu])
+    field = np.column_stack([rng.uniform(0.2, 1.6, n_f), rng.uniform(14, 21, n_f)])
+    pts = np.vstack([field, stream])
+    phi1 = np.r_[rng.uniform(0, 100, n_f), phi1_s]
+    phi2 = np.r_[rng.uniform(-5, 5, n_f), rng.normal(0, 0.2, n_s)]
+    is_stream = np.r_[np.zeros(n_f, bool), np.ones(n_s, bool)]
+    kept = pts[:, 1] < 21
+    pts, phi1, phi2, is_stream = pts[kept], phi1[kept], phi2[kept], is_stream[kept]
+    w = np.where(is_stream, 0.9, 0.0)
+    control = np.abs(phi2) > 1.0
+    log_kin = np.where(is_stream, 3.0, rng.normal(-2.0, 1.5, len(pts)))
+    w_on, w_off = _hess_weights(phi2, 0.2, w, control, log_kin)
+    cmd = (pts[:, 1], pts[:, 0], np.ones(len(pts), bool))
+    profile = None
+    for _ in range(CMD_SHIFT_ROUNDS * 3):  # as in three EM iterations
+        profile = _fit_cmd_shift(cmd, phi1, w_on, w_off, w, control, profile)
+    nodes, shifts = profile
+    assert len(nodes) >= 5
+    off = shifts - gradient * nodes / 100  # the shifts are relative: up to a constant
+    assert np.max(np.abs(off - off.mean())) < 0.15
+    # too few members for two bins: no profile to measure
+    sparse = np.where(is_stream & (rng.random(len(pts)) < 0.1), 0.9, 0.0)
+    assert _fit_cmd_shift(cmd, phi1, w_on, w_off, sparse, control) is None
 
 
 def test_the_fields_density_is_not_smoothed_away_where_a_stream_sits(rng):

@@ -47,7 +47,10 @@ few EM iterations starting from the core:
     stars near the track weighted by their kinematic membership probability, less the
     control stars with the same weights scaled to the field's share of the band (plus 5 %
     of the field's density, so a member off the learnt locus is down-weighted, not
-    excluded); the field's, of the control stars. While fitting, stars without photometry
+    excluded), learnt and evaluated in the stream's own magnitudes (each star's less the
+    stream's distance modulus at its phi1 relative to its own, measured from the locus:
+    :func:`_fit_cmd_shift`), so a stream whose distance changes along it has one sharp
+    locus; the field's, of the control stars. While fitting, stars without photometry
     get a ratio of 1; at the end they get probability 0: a photometric filter a star cannot
     be put through is not passed (a member list that claims photometric vetting holds no
     unvetted star).
@@ -128,6 +131,20 @@ ON_TRACK_WIDTHS = 2.0
 EXTENT_GAP_MIN_DEG = 2.0
 EXTENT_GAP_SPACINGS = 20.0
 EXTENT_MIN_SHARE = 0.02
+#: A stream's distance changes along it, and its colour-magnitude locus with it (GD-1: 1.4
+#: mag over its length, Orphan-Chenab 4): the locus is learnt with each star's magnitude
+#: shifted by the stream's distance modulus at its phi1 relative to the stream's own,
+#: measured from the photometry in phi1 bins of ~CMD_SHIFT_SPACING_DEG holding
+#: CMD_SHIFT_MIN_STARS members or more (:func:`_fit_cmd_shift`), over shifts of up to
+#: CMD_SHIFT_RANGE from the last iteration's in steps of CMD_SHIFT_STEP (mag). A bin's
+#: shift is kept only if it raises the bin's log-likelihood by CMD_SHIFT_MIN_GAIN (a
+#: likelihood-ratio test of one parameter at ~2.5 sigma), else the last one stays.
+CMD_SHIFT_SPACING_DEG = 10.0
+CMD_SHIFT_MIN_STARS = 100.0
+CMD_SHIFT_RANGE = 1.5
+CMD_SHIFT_STEP = 0.05
+CMD_SHIFT_MIN_GAIN = 3.0
+CMD_SHIFT_ROUNDS = 2
 #: Histogram of the measurement quality (natural log of the proper-motion error): bin size
 #: and Gaussian smoothing (0.1 in log error ~ 0.2 mag in G).
 QUALITY_BIN = 0.05
@@ -165,6 +182,10 @@ class Membership:
         Whether a colour-magnitude term was used.
     quality : bool
         Whether the measurement-quality term was used (no photometry, errors known).
+    cmd_shift : (nodes, shifts) or None
+        The stream's distance modulus along phi1 relative to its own, measured from its
+        colour-magnitude locus (:func:`_fit_cmd_shift`; phi1 in deg, mag): None without
+        photometry or with too few members to measure it.
     failed : bool
         The mixture called more than :data:`MAX_STREAM_SHARE` of the stars stream: the seed
         is returned as the members (probability 1) and ``track`` is None.
@@ -179,6 +200,7 @@ class Membership:
     photometry: bool = False
     failed: bool = False
     quality: bool = False
+    cmd_shift: tuple | None = None
 
 
 def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = None,
@@ -247,6 +269,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         lo, hi = min(lo, float(base_track.phi1[0])), max(hi, float(base_track.phi1[-1]))
     track = None
     profiles = {}
+    cmd_shift = None
     iterations = 0
     for it in range(1, n_iter + 1):
         iterations = it
@@ -296,7 +319,10 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if cmd is not None:
             w_on, w_off = _hess_weights(resid["phi2"], star_width["phi2"], w, control,
                                         log_s_kin - log_b_kin)
-            cs, cb = _log_cmd(cmd, w_on, control, w_off)
+            for _ in range(CMD_SHIFT_ROUNDS):
+                cmd_shift = _fit_cmd_shift(cmd, phi1, w_on, w_off, w, control, cmd_shift)
+            cs, cb = _log_cmd(cmd, w_on, control, w_off,
+                              None if cmd_shift is None else _width_at(cmd_shift, phi1))
             log_s += cs
             log_b += cb
         if use_quality:
@@ -332,7 +358,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     final = _absolute_track(track, base_track, profiles, extent)
     rng = extent if sel.any() else (np.nan, np.nan)
     return Membership(p, final, widths, float(np.mean(p)), rng, iterations, cmd is not None,
-                      quality=use_quality)
+                      quality=use_quality, cmd_shift=cmd_shift)
 
 
 def member_extent(member_phi1) -> tuple[float, float]:
@@ -752,17 +778,117 @@ def _hess_weights(resid_phi2, width_phi2: float, w, control, log_kin_ratio
             np.where(control, g, 0.0) * field_on / max(int(control.sum()), 1))
 
 
-def _log_cmd(cmd, w, control, w_off=None) -> tuple[np.ndarray, np.ndarray]:
+def _log_cmd(cmd, w, control, w_off=None, shift=None) -> tuple[np.ndarray, np.ndarray]:
     """log colour-magnitude densities of the stream (weights ``w``, less ``w_off``'s
-    histogram where given: :func:`_hess_weights`) and the field (the control stars)."""
+    histogram where given: :func:`_hess_weights`) and the field (the control stars).
+
+    ``shift`` (optional, mag per star): the stream's distance modulus at the star's phi1
+    relative to the stream's own (:func:`_fit_cmd_shift`). The stream's density is learnt
+    and evaluated at ``mag - shift``, so a stream whose distance changes along it has one
+    sharp locus, not one smeared over its distance range; the field's stays in the observed
+    magnitudes (a per-star shift has unit Jacobian: the ratio is still a likelihood ratio).
+    """
     mag, colour, ok = cmd
+    shifted = mag if shift is None else mag - np.asarray(shift, dtype=np.float64)
     c_edges = np.arange(np.nanmin(colour[ok]) - 0.1, np.nanmax(colour[ok]) + 0.1 + CMD_BIN[0],
                         CMD_BIN[0])
-    m_edges = np.arange(np.nanmin(mag[ok]) - 0.5, np.nanmax(mag[ok]) + 0.5 + CMD_BIN[1],
+    m_edges = np.arange(min(np.nanmin(mag[ok]), np.nanmin(shifted[ok])) - 0.5,
+                        max(np.nanmax(mag[ok]), np.nanmax(shifted[ok])) + 0.5 + CMD_BIN[1],
                         CMD_BIN[1])
     return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges),
                                  (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
-                                 w, control, ok, w_off)
+                                 w, control, ok, w_off,
+                                 np.column_stack([colour, shifted]))
+
+
+def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
+    """The stream's distance modulus along phi1 relative to its own (mag), from its
+    colour-magnitude locus.
+
+    The stars are binned in phi1 (~:data:`CMD_SHIFT_SPACING_DEG`, at least
+    :data:`CMD_SHIFT_MIN_STARS` of ``weight``: the model's probabilities). For each bin, the
+    stream's background-subtracted Hess diagram (:func:`_hess_weights`' ``w_on - w_off``) is
+    learnt from the *other* bins at their current shifts, and the bin's shift is the one
+    under which its own stars, weighted the same way, are most likely (the field's part of
+    the weights cancels in expectation, so the field does not pull the shift; the stream
+    density is mixed with the field's at :data:`CMD_FLOOR`, as in the model). Bin shifts
+    are referred to their weighted mean.
+
+    Parameters
+    ----------
+    cmd : (mag, colour, ok)
+    phi1 : array (deg)
+    w_on, w_off : arrays
+        :func:`_hess_weights`.
+    weight : array
+        The model's membership probabilities (they set the bins).
+    control : bool array
+        The control stars (the field's colour-magnitude density).
+    previous : (nodes, shifts), optional
+        The last iteration's profile (None: no shift).
+
+    Returns
+    -------
+    (nodes, shifts) or None
+        None when the stream has too few members for two bins (its distance gradient cannot
+        be measured) and there is no previous profile.
+    """
+    mag, colour, ok = cmd
+    prev = np.zeros(len(mag)) if previous is None else _width_at(previous, phi1)
+    net = np.where(ok, w_on - w_off, 0.0)
+    rows_ok = np.flatnonzero(ok)
+    order = rows_ok[np.argsort(phi1[rows_ok], kind="stable")]
+    edges = phi1_bins(phi1[order], np.where(weight[order] >= 1e-3, weight[order], 0.0),
+                      CMD_SHIFT_SPACING_DEG, CMD_SHIFT_MIN_STARS)
+    if len(edges) < 3:
+        return previous
+    pad = CMD_SHIFT_RANGE + float(np.max(np.abs(prev[ok]))) + 0.5
+    c_edges = np.arange(np.min(colour[ok]) - 0.1, np.max(colour[ok]) + 0.1 + CMD_BIN[0],
+                        CMD_BIN[0])
+    m_edges = np.arange(np.min(mag[ok]) - pad, np.max(mag[ok]) + pad + CMD_BIN[1], CMD_BIN[1])
+    smooth = (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1])
+    ci = _bin_of(colour, c_edges, len(c_edges) - 1)
+
+    def hist(rows, shift, weights):
+        h, _, _ = np.histogram2d(colour[rows], mag[rows] - shift[rows], bins=(c_edges, m_edges),
+                                 weights=weights[rows])
+        return h
+
+    field = gaussian_filter(hist(np.flatnonzero(control & ok), 0.0 * prev, np.ones(len(mag))),
+                            smooth, mode="constant")
+    field_at = field[ci, _bin_of(mag, m_edges, len(m_edges) - 1)] / max(field.sum(), 1e-300)
+    total = hist(rows_ok, prev, net)
+    steps = np.arange(-CMD_SHIFT_RANGE, CMD_SHIFT_RANGE + 0.5 * CMD_SHIFT_STEP, CMD_SHIFT_STEP)
+    nodes, shifts, masses = [], [], []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        rows = order[a:b]
+        others = np.maximum(gaussian_filter(total - hist(rows, prev, net), smooth,
+                                            mode="constant"), 0.0)
+        others /= max(others.sum(), 1e-300)
+
+        def score(step, rows=rows, others=others):
+            mi = _bin_of(mag[rows] - prev[rows] - step, m_edges, len(m_edges) - 1)
+            dens = (1 - CMD_FLOOR) * others[ci[rows], mi] + CMD_FLOOR * field_at[rows]
+            return float(np.sum(net[rows] * np.log(np.maximum(dens, 1e-12))))
+
+        # coarse to fine: the score is smooth on the locus' 0.25 mag smoothing
+        coarse = steps[::3]
+        best = float(coarse[int(np.argmax([score(x) for x in coarse]))])
+        fine = steps[np.abs(steps - best) <= 3 * CMD_SHIFT_STEP]
+        scores = np.array([score(x) for x in fine])
+        best = int(np.argmax(scores))
+        step = fine[best] if scores[best] - score(0.0) >= CMD_SHIFT_MIN_GAIN else 0.0
+        mass = float(np.sum(weight[rows]))
+        nodes.append(float(np.average(phi1[rows], weights=np.maximum(weight[rows], 1e-12))))
+        shifts.append(float(np.average(prev[rows], weights=np.maximum(weight[rows], 1e-12)))
+                      + step)
+        masses.append(mass)
+    # not smoothed over bins: a shift from a hundred members is good to a few hundredths of
+    # a magnitude, and smoothing would flatten the stream's far ends
+    nodes, shifts = np.array(nodes), np.array(shifts)
+    shifts -= np.average(shifts, weights=masses)
+    keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
+    return nodes[keep], shifts[keep]
 
 
 def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
@@ -779,36 +905,39 @@ def _log_quality(quality, w, control) -> tuple[np.ndarray, np.ndarray]:
                                  w, control, np.ones(len(quality), bool))
 
 
-def _learnt_log_densities(points, edges, smooth, w, control, ok, w_off=None
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _learnt_log_densities(points, edges, smooth, w, control, ok, w_off=None,
+                          stream_points=None) -> tuple[np.ndarray, np.ndarray]:
     """log densities at each star of the stream (weights w) and the field (the control
     stars) in a few observables (``points``, one column each): Gaussian-smoothed histograms
     on ``edges`` (``smooth`` in bins), the field's mixed into the stream's at
     :data:`CMD_FLOOR` so a star off the stream's locus is down-weighted, not excluded.
     Stars outside ``ok`` (no such observable) get 0 in both. ``w_off`` (optional): weights
     of a histogram subtracted from the stream's (what the field puts into it; negative
-    differences count as 0).
+    differences count as 0). ``stream_points`` (optional): where the stars are in the
+    stream's own coordinates (the observables with the stream's distance gradient taken
+    out), if not ``points``.
 
     Each star's densities leave the star itself out: with a few hundred members and a
     smoothing kernel narrower than the stream's locus, a field star's own weight can
     outweigh the stream's density where it sits, and EM then keeps every such star at the
     probability it started with (over-confident probabilities).
     """
-    idx = tuple(_bin_of(points[:, d], e, len(e) - 1) for d, e in enumerate(edges))
+    stream_points = points if stream_points is None else stream_points
     # a unit weight's share of its own bin after the smoothing
     self_share = float(np.prod([_central_tap(s) for s in smooth]))
 
-    def density(weights, off=None):
+    def density(weights, off=None, at=points):
+        idx = tuple(_bin_of(at[:, d], e, len(e) - 1) for d, e in enumerate(edges))
         net = np.where(ok, np.asarray(weights, dtype=np.float64)
                        - (0.0 if off is None else np.asarray(off, dtype=np.float64)), 0.0)
-        h, _ = np.histogramdd(points[ok], bins=edges, weights=net[ok])
+        h, _ = np.histogramdd(at[ok], bins=edges, weights=net[ok])
         h = gaussian_filter(h, smooth, mode="constant")
         # a difference's negative parts count as none
         total = h.sum() - net if off is None else float(np.maximum(h, 0.0).sum())
         return np.maximum(h[idx] - net * self_share, 0.0) / np.maximum(total, 1e-300)
 
     field_at = density(control.astype(float))
-    stream_at = density(w, w_off)
+    stream_at = density(w, w_off, stream_points)
     stream_at = (1 - CMD_FLOOR) * stream_at + CMD_FLOOR * field_at
     tiny = 1e-12
     return (np.where(ok, np.log(np.maximum(stream_at, tiny)), 0.0),

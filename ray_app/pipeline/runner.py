@@ -347,7 +347,11 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                         "the track weighted by their kinematic membership probability, less "
                         "the off-track field with the same weights), the field's from the "
                         "off-track stars; the field's kinematic density is conditional on "
-                        "colour and magnitude; stars without photometry are not members"},
+                        "colour and magnitude; stars without photometry are not members; the "
+                        "stream's locus is learnt with each star's magnitude less the "
+                        "stream's distance modulus at its phi1 relative to its own, measured "
+                        "from the locus in ~10 deg phi1 bins of >= 100 members (per candidate "
+                        "'distance_modulus_offset'; candidates.json track points)"},
             "errors": sorted(errors),
             "quality": "without photometry, a star's log proper-motion error (a brightness "
                        "proxy) enters as a learnt stream against field density; per candidate "
@@ -356,7 +360,10 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                     "20 stars, else its core)",
             "candidates": [{"index": c.index, "iterations": m.iterations,
                             "stream_fraction": m.fraction, "widths": m.widths,
-                            "fit_failed": m.failed, "quality_term": m.quality}
+                            "fit_failed": m.failed, "quality_term": m.quality,
+                            "distance_modulus_offset": None if m.cmd_shift is None else {
+                                "phi1_deg": [round(float(x), 3) for x in m.cmd_shift[0]],
+                                "mag": [round(float(x), 3) for x in m.cmd_shift[1]]}}
                            for c, m in zip(final, memberships, strict=True)]},
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
@@ -494,9 +501,12 @@ def describe_track(frame, m, member_phi1) -> dict:
                                          np.array([q["pm_phi2"] for q in pts]))
     lo, hi = member_extent(member_phi1) if len(member_phi1) else (0.0, 0.0)
     length = hi - lo
-    for q, a, d, mu_a, mu_d in zip(pts, ra, dec, pmra, pmdec, strict=True):  # ICRS beside frame
+    # the distance modulus relative to the stream's own, from its colour-magnitude locus
+    dm = (np.interp(p1, *m.cmd_shift) if m.cmd_shift is not None else [None] * len(pts))
+    for q, a, d, mu_a, mu_d, off in zip(pts, ra, dec, pmra, pmdec, dm, strict=True):
         q.update(ra=round(float(a), 5), dec=round(float(d), 5), pmra=round(float(mu_a), 4),
-                 pmdec=round(float(mu_d), 4))
+                 pmdec=round(float(mu_d), 4),
+                 distance_modulus_offset=None if off is None else round(float(off), 3))
     return {"track": pts, "length_deg": round(length, 3),
             "width_deg": round(m.widths.get("phi2", float("nan")), 4),
             "match": match_track(ra, dec, pmra, pmdec)}
