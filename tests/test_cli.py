@@ -2,6 +2,7 @@
 
 import json
 
+import matplotlib.image
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -80,6 +81,8 @@ def test_outputs_contract(demo_run):
         "phi2", "pm_phi1_cosphi2", "pm_phi2", "parallax"]
     assert meta["significance"]["frames_searched"] == 5
     assert meta["membership"]["photometry"]["colour"] == "bp_rp"
+    # with photometry, candidate_<i>.png gains a fifth panel: the magnitude along phi1
+    assert matplotlib.image.imread(out / "candidate_0.png").shape[0] == 5 * 2.5 * 80
     shift = meta["membership"]["candidates"][0]["distance_modulus_offset"]
     assert shift is None or len(shift["phi1_deg"]) == len(shift["mag"]) >= 2
     assert meta["truth"][0]["precision"] > 0.9 and meta["truth"][0]["recall"] > 0.9

@@ -5,8 +5,9 @@
   candidate's fitted track, its width band and the members coloured by probability, (c) the
   proper-motion plane centred on the candidates with limits from percentiles, (d) a
   colour-magnitude panel when photometry was used.
-* ``candidate_<i>.png``: phi2, both proper motions and parallax against phi1 with the fitted
-  track and width band, the members by probability and the field in grey.
+* ``candidate_<i>.png``: phi2, both proper motions and parallax (and the magnitude, with
+  photometry) against phi1 with the fitted track and width band, the members by
+  probability and the field in grey.
 """
 
 from __future__ import annotations
@@ -170,14 +171,23 @@ def summary_plot(path: Path, *, births, deaths, pair_sigma, sigma_threshold, can
 
 def candidate_plot(path: Path, *, index: int, significance: float, phi1, features: dict,
                    probability, member_threshold: float, track, title: str,
-                   max_background: int = 100_000, seed: int = 0) -> None:
+                   max_background: int = 100_000, seed: int = 0, magnitude=None,
+                   cmd_shift=None) -> None:
     """Write ``candidate_<i>.png``: each feature against phi1 with the track and members.
 
     ``features``: ``phi2``, ``pm_phi1_cosphi2``, ``pm_phi2``, ``parallax`` arrays.
+    ``magnitude`` (optional): ``(values, name)`` of the photometry's magnitude, drawn in a
+    fifth panel with, where ``cmd_shift`` (the stream's distance-modulus offset along phi1,
+    ``(nodes, shifts)``) is given, the members' median magnitude plus that offset: the
+    stream's distance gradient as its photometry measured it.
     """
     names = (("phi2", "phi2 [deg]"), ("pm_phi1_cosphi2", "pm_phi1 cos(phi2) [mas/yr]"),
              ("pm_phi2", "pm_phi2 [mas/yr]"), ("parallax", "parallax [mas]"))
-    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True, constrained_layout=True)
+    if magnitude is not None:
+        features = {**features, "magnitude": np.asarray(magnitude[0], dtype=float)}
+        names = names + (("magnitude", f"{magnitude[1]} [mag]"),)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 2.5 * len(names)), sharex=True,
+                             constrained_layout=True)
     prob = np.asarray(probability)
     members = np.flatnonzero(prob >= member_threshold)
     field = _field_sample(len(prob), prob < member_threshold, max_background, seed)
@@ -188,6 +198,10 @@ def candidate_plot(path: Path, *, index: int, significance: float, phi1, feature
                    rasterized=True)
         if len(members):
             sc = _members_by_probability(ax, phi1, y, prob, members, member_threshold)
+        if name == "magnitude":
+            _magnitude_panel(ax, phi1, y, members, cmd_shift)
+            ax.set_ylabel(lab)
+            continue
         _band(ax, track, name)
         ax.set_ylabel(lab)
         # centred on the members (or track), wide enough to show the field around them
@@ -207,6 +221,24 @@ def candidate_plot(path: Path, *, index: int, significance: float, phi1, feature
                  f"members (p >= {member_threshold:g}); line: fitted track, band: +-1 width")
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _magnitude_panel(ax, phi1, mag, members, cmd_shift) -> None:
+    """Limits of the magnitude panel (faint down) and the members' median magnitude shifted
+    by the stream's fitted distance-modulus offset along phi1."""
+    ok = np.isfinite(mag)
+    if not ok.any():
+        return
+    ax.set_ylim(np.percentile(mag[ok], 99.5) + 0.2, np.percentile(mag[ok], 0.5) - 0.2)
+    sel = members[np.isfinite(mag[members])]
+    if cmd_shift is None or not len(sel):
+        return
+    nodes, shifts = cmd_shift
+    x = np.linspace(float(np.min(phi1[sel])), float(np.max(phi1[sel])), 200)
+    base = float(np.median(mag[sel] - np.interp(phi1[sel], nodes, shifts)))
+    ax.plot(x, base + np.interp(x, nodes, shifts), color="k", lw=1.2,
+            label="members' median + fitted distance-modulus offset")
+    ax.legend(loc="upper left", fontsize=8)
 
 
 def _mad(v) -> float:

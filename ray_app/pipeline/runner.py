@@ -429,7 +429,10 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                            significance=c["significance"], phi1=feats["phi1"], features=feats,
                            probability=m.probability,
                            member_threshold=params.member_probability, track=m.track,
-                           title=params.stream.name)
+                           title=params.stream.name,
+                           magnitude=None if phot is None else (phot[0],
+                                                                phot[2]["magnitude"]),
+                           cmd_shift=m.cmd_shift)
         done("write")
         metadata["timings_s"] = timings
         metadata["persistence_summary"] = {
