@@ -20,7 +20,7 @@ from ray_app.core.membership import (
     _log_quality,
     _log_sky,
     _log_truncated_normal,
-    _width_at,
+    _profile_at,
     member_extent,
     membership_probabilities,
     validate_member_probability,
@@ -197,13 +197,13 @@ def test_a_width_profile_follows_a_widening_stream_and_a_sparse_one_gets_one_wid
     profile = _fit_width_profile(phi1, r, e ** 2, np.ones(n), 0.02, 2.0)
     at = np.array([-45.0, -25.0, 0.0, 25.0, 45.0])
     assert len(profile[0]) >= 8
-    np.testing.assert_allclose(_width_at(profile, at), 0.1 + 0.4 * (at + 50) / 100, rtol=0.2)
+    np.testing.assert_allclose(_profile_at(profile, at), 0.1 + 0.4 * (at + 50) / 100, rtol=0.2)
     # field stars at ~0 weight neither set a bin nor move a width
     far = rng.uniform(-50, 50, 20000)
     profile_f = _fit_width_profile(np.r_[phi1, far], np.r_[r, rng.uniform(-5, 5, 20000)],
                                    np.r_[e ** 2, np.full(20000, 0.01)],
                                    np.r_[np.ones(n), np.full(20000, 1e-4)], 0.02, 2.0)
-    np.testing.assert_allclose(_width_at(profile_f, at), _width_at(profile, at), rtol=0.05)
+    np.testing.assert_allclose(_profile_at(profile_f, at), _profile_at(profile, at), rtol=0.05)
     # fewer stars than two bins' worth: one width for the whole stream, within the limits
     few = rng.choice(n, 60, replace=False)
     nodes, widths = _fit_width_profile(phi1[few], r[few], e[few] ** 2, np.ones(60), 0.02, 0.2)

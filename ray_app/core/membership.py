@@ -297,7 +297,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             else:
                 profiles[name] = _fit_width_profile(phi1, resid[name], err2[name], w,
                                                     WIDTH_FLOOR[name], cap[name])
-            star_width[name] = _width_at(profiles[name], phi1)
+            star_width[name] = _profile_at(profiles[name], phi1)
             var = star_width[name] ** 2 + err2[name]
             # the observed parallax is below the cut: resid < cut - model
             upper = (plx_top - (np.asarray(raw[name], dtype=np.float64) - resid[name])
@@ -322,7 +322,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
             for _ in range(CMD_SHIFT_ROUNDS):
                 cmd_shift = _fit_cmd_shift(cmd, phi1, w_on, w_off, w, control, cmd_shift)
             cs, cb = _log_cmd(cmd, w_on, control, w_off,
-                              None if cmd_shift is None else _width_at(cmd_shift, phi1))
+                              None if cmd_shift is None else _profile_at(cmd_shift, phi1))
             log_s += cs
             log_b += cb
         if use_quality:
@@ -345,7 +345,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         # list that claims photometric vetting holds no unvetted star
         p = np.where(cmd[2], p, 0.0)
     # one width per feature to quote: the members' median of the width along the stream
-    widths = {name: float(weighted_quantile(_width_at(prof, phi1), p, 0.5)) if p.sum() > 0
+    widths = {name: float(weighted_quantile(_profile_at(prof, phi1), p, 0.5)) if p.sum() > 0
               else float(prof[1][0]) for name, prof in profiles.items()}
     if np.mean(p >= 0.5) > MAX_STREAM_SHARE:
         # a "stream" of most of the job's stars is the field: the model failed, keep the seed
@@ -457,7 +457,7 @@ def _fit_width_profile(phi1, r, e2, w, floor: float, cap: float
     Returns
     -------
     nodes, widths : arrays
-        Weighted mean phi1 of each bin (deg) and its width; :func:`_width_at` interpolates
+        Weighted mean phi1 of each bin (deg) and its width; :func:`_profile_at` interpolates
         between the nodes and holds the end widths beyond them.
     """
     order = np.argsort(phi1, kind="stable")
@@ -477,10 +477,12 @@ def _fit_width_profile(phi1, r, e2, w, floor: float, cap: float
     return nodes[keep], np.clip(np.exp(widths[keep]), floor, cap)
 
 
-def _width_at(profile, phi1) -> np.ndarray:
-    """A width profile (:func:`_fit_width_profile`) at ``phi1``."""
-    nodes, widths = profile
-    return np.interp(np.asarray(phi1, dtype=np.float64), nodes, widths)
+def _profile_at(profile, phi1) -> np.ndarray:
+    """A profile along phi1 (``(nodes, values)``: a width, :func:`_fit_width_profile`, or a
+    distance-modulus offset, :func:`_fit_cmd_shift`) at ``phi1``: linear between the nodes,
+    the end values held beyond them."""
+    nodes, values = profile
+    return np.interp(np.asarray(phi1, dtype=np.float64), nodes, values)
 
 
 def _bin_of(x, edges, n_bins: int) -> np.ndarray:
@@ -834,7 +836,7 @@ def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
         be measured) and there is no previous profile.
     """
     mag, colour, ok = cmd
-    prev = np.zeros(len(mag)) if previous is None else _width_at(previous, phi1)
+    prev = np.zeros(len(mag)) if previous is None else _profile_at(previous, phi1)
     net = np.where(ok, w_on - w_off, 0.0)
     rows_ok = np.flatnonzero(ok)
     order = rows_ok[np.argsort(phi1[rows_ok], kind="stable")]
@@ -854,8 +856,9 @@ def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
                                  weights=weights[rows])
         return h
 
-    field = gaussian_filter(hist(np.flatnonzero(control & ok), 0.0 * prev, np.ones(len(mag))),
-                            smooth, mode="constant")
+    unit = np.ones(len(mag))
+    field = gaussian_filter(hist(np.flatnonzero(control & ok), 0.0 * unit, unit), smooth,
+                            mode="constant")
     field_at = field[ci, _bin_of(mag, m_edges, len(m_edges) - 1)] / max(field.sum(), 1e-300)
     total = hist(rows_ok, prev, net)
     steps = np.arange(-CMD_SHIFT_RANGE, CMD_SHIFT_RANGE + 0.5 * CMD_SHIFT_STEP, CMD_SHIFT_STEP)
@@ -964,7 +967,7 @@ def _absolute_track(resid: Track, base: Track | None, profiles: dict, extent,
     for name in TRACK_FEATURES:
         values[name] = _extended(resid, grid, name) + (base.at(grid, name) if base is not None
                                                        else 0.0)
-        wid[name] = (_width_at(profiles[name], grid) if name in profiles
+        wid[name] = (_profile_at(profiles[name], grid) if name in profiles
                      else np.full(len(grid), np.nan))
     return Track(grid, values, wid, source="membership fit" + (
         f" about {base.source}" if base is not None else ""))
