@@ -68,7 +68,15 @@ from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.special import digamma, expit, gammaln, log_ndtr
 
-from .tracks import TRACK_FEATURES, Track, fit_track, phi1_bins, smooth_nodes, weighted_quantile
+from .tracks import (
+    TRACK_FEATURES,
+    Track,
+    distinct_nodes,
+    fit_track,
+    phi1_bins,
+    smooth_nodes,
+    weighted_quantile,
+)
 
 #: Default ``memberProbability``: members are the stars more likely stream than field.
 DEFAULT_MEMBER_PROBABILITY = 0.5
@@ -473,7 +481,7 @@ def _fit_width_profile(phi1, r, e2, w, floor: float, cap: float
     if not nodes:
         return np.array([0.0]), np.array([float(cap)])
     nodes, widths = np.array(nodes), smooth_nodes(np.log(widths))
-    keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
+    keep = distinct_nodes(nodes)
     return nodes[keep], np.clip(np.exp(widths[keep]), floor, cap)
 
 
@@ -792,15 +800,19 @@ def _log_cmd(cmd, w, control, w_off=None, shift=None) -> tuple[np.ndarray, np.nd
     """
     mag, colour, ok = cmd
     shifted = mag if shift is None else mag - np.asarray(shift, dtype=np.float64)
-    c_edges = np.arange(np.nanmin(colour[ok]) - 0.1, np.nanmax(colour[ok]) + 0.1 + CMD_BIN[0],
-                        CMD_BIN[0])
-    m_edges = np.arange(min(np.nanmin(mag[ok]), np.nanmin(shifted[ok])) - 0.5,
-                        max(np.nanmax(mag[ok]), np.nanmax(shifted[ok])) + 0.5 + CMD_BIN[1],
-                        CMD_BIN[1])
-    return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges),
-                                 (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1]),
-                                 w, control, ok, w_off,
-                                 np.column_stack([colour, shifted]))
+    c_edges, m_edges, smooth = _cmd_grid(
+        colour[ok], min(np.min(mag[ok]), np.min(shifted[ok])) - 0.5,
+        max(np.max(mag[ok]), np.max(shifted[ok])) + 0.5)
+    return _learnt_log_densities(np.column_stack([colour, mag]), (c_edges, m_edges), smooth,
+                                 w, control, ok, w_off, np.column_stack([colour, shifted]))
+
+
+def _cmd_grid(colour, mag_lo: float, mag_hi: float):
+    """Colour and magnitude bin edges (:data:`CMD_BIN`) over ``colour``'s range (0.1 mag
+    beyond it) and [mag_lo, mag_hi], and the smoothing (:data:`CMD_SMOOTH`) in bins."""
+    c_edges = np.arange(np.min(colour) - 0.1, np.max(colour) + 0.1 + CMD_BIN[0], CMD_BIN[0])
+    m_edges = np.arange(mag_lo, mag_hi + CMD_BIN[1], CMD_BIN[1])
+    return c_edges, m_edges, (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1])
 
 
 def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
@@ -845,10 +857,8 @@ def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
     if len(edges) < 3:
         return previous
     pad = CMD_SHIFT_RANGE + float(np.max(np.abs(prev[ok]))) + 0.5
-    c_edges = np.arange(np.min(colour[ok]) - 0.1, np.max(colour[ok]) + 0.1 + CMD_BIN[0],
-                        CMD_BIN[0])
-    m_edges = np.arange(np.min(mag[ok]) - pad, np.max(mag[ok]) + pad + CMD_BIN[1], CMD_BIN[1])
-    smooth = (CMD_SMOOTH[0] / CMD_BIN[0], CMD_SMOOTH[1] / CMD_BIN[1])
+    c_edges, m_edges, smooth = _cmd_grid(colour[ok], np.min(mag[ok]) - pad,
+                                         np.max(mag[ok]) + pad)
     ci = _bin_of(colour, c_edges, len(c_edges) - 1)
 
     def hist(rows, shift, weights):
@@ -881,16 +891,15 @@ def _fit_cmd_shift(cmd, phi1, w_on, w_off, weight, control, previous=None):
         scores = np.array([score(x) for x in fine])
         best = int(np.argmax(scores))
         step = fine[best] if scores[best] - score(0.0) >= CMD_SHIFT_MIN_GAIN else 0.0
-        mass = float(np.sum(weight[rows]))
-        nodes.append(float(np.average(phi1[rows], weights=np.maximum(weight[rows], 1e-12))))
-        shifts.append(float(np.average(prev[rows], weights=np.maximum(weight[rows], 1e-12)))
-                      + step)
-        masses.append(mass)
+        wb = np.maximum(weight[rows], 1e-12)
+        nodes.append(float(np.average(phi1[rows], weights=wb)))
+        shifts.append(float(np.average(prev[rows], weights=wb)) + step)
+        masses.append(float(np.sum(weight[rows])))
     # not smoothed over bins: a shift from a hundred members is good to a few hundredths of
     # a magnitude, and smoothing would flatten the stream's far ends
     nodes, shifts = np.array(nodes), np.array(shifts)
     shifts -= np.average(shifts, weights=masses)
-    keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
+    keep = distinct_nodes(nodes)
     return nodes[keep], shifts[keep]
 
 

@@ -204,7 +204,7 @@ def fit_track(phi1, features: dict, weights=None, knot_spacing_deg: float = 3.0,
             values[name].append(med)
             widths[name].append(1.4826 * mad)
     nodes = np.array(nodes)
-    keep = np.concatenate([[True], np.diff(nodes) > 1e-9])
+    keep = distinct_nodes(nodes)
     smooth = {n: smooth_nodes(np.array(v)[keep]) for n, v in widths.items()}
     return Track(nodes[keep], {n: np.array(v)[keep] for n, v in values.items()}, smooth,
                  source=source)
@@ -236,6 +236,13 @@ def weighted_quantile(v, w, q) -> float:
     o = np.argsort(v, kind="stable")
     c = np.cumsum(w[o])
     return float(v[o][min(int(np.searchsorted(c, q * c[-1])), len(v) - 1)])
+
+
+def distinct_nodes(nodes) -> np.ndarray:
+    """Mask of the nodes (ascending phi1) to keep so they rise strictly, as interpolation
+    needs: a node within 1e-9 deg of the one before it (two bins of the same stars' phi1)
+    is dropped."""
+    return np.concatenate([[True], np.diff(np.asarray(nodes, dtype=np.float64)) > 1e-9])
 
 
 def smooth_nodes(a: np.ndarray) -> np.ndarray:
