@@ -105,6 +105,9 @@ MAX_WIDTH_GROWTH = 2.5
 RHO_UNIFORM = 0.5
 RHO_UNIFORM_ITER = 3
 RHO_UNIFORM_FINAL = 0.02
+#: ... and the histogram's Gaussian smoothing, in its 2 deg bins (4 deg: a stream's density
+#: is followed over a few degrees; the near-end spill of the README's limitations).
+RHO_SMOOTH_BINS = 2.0
 #: Per iteration, the stream's phi1 extent may grow by this much beyond its members (deg).
 GROW_DEG = 4.0
 #: The field is learnt from control stars farther than max(CONTROL_MIN_DEG, CONTROL_WIDTHS x
@@ -518,12 +521,12 @@ def _log_rho(phi1, w, lo, hi, uniform: float = RHO_UNIFORM, bin_deg: float = 2.0
     if len(edges) < 2:
         edges = np.array([phi1.min() - 1, phi1.max() + 1])
     hist, _ = np.histogram(phi1, bins=edges, weights=w)
-    hist = gaussian_filter(hist.astype(float), 2.0, mode="constant")
+    hist = gaussian_filter(hist.astype(float), RHO_SMOOTH_BINS, mode="constant")
     centres = 0.5 * (edges[:-1] + edges[1:])
     inside = (centres >= lo - 0.5 * bin_deg) & (centres <= hi + 0.5 * bin_deg)
     hist = np.where(inside, hist, 0.0)
     idx = _bin_of(phi1, edges, len(hist))
-    own = np.asarray(w, dtype=np.float64) * _central_tap(2.0)
+    own = np.asarray(w, dtype=np.float64) * _central_tap(RHO_SMOOTH_BINS)
     h_at = np.maximum(hist[idx] - own, 0.0)  # 0 outside [lo, hi]: hist is cut there
     dens = (1 - uniform) * h_at / max(hist.sum() * bin_deg, 1e-300) + uniform * inside[idx] / max(
         inside.sum() * bin_deg, 1e-300)
