@@ -10,14 +10,19 @@ stars instead of the model's weights (what the colour-magnitude term could do wi
 perfect locus). ``--width-ends A B`` injects a stream whose phi2 width runs from A to B
 times the registry width along phi1 (a widening tail). ``--phi1-range A B`` injects the
 stream over that share of its registry track only (0 0.6: a stream that ends inside its
-footprint). Prints purity and completeness per sky, the field stars called members more
-than 1 deg beyond the injected stream's ends, and the calibration table: per probability
-bin, the mean probability against the injected fraction.
+footprint). ``--pm-box M`` keeps only the stars inside a box in (pmra, pmdec) around the
+injected stream (its 1st-99th percentiles, widened by M mas/yr on each side), as a catalogue
+pre-selected by proper motion is; the model finds the box's edges in the data
+(:func:`ray_app.core.cuts.motion_cuts`), or with ``--ignore-cuts`` does not look for them.
+Prints purity and completeness per sky, the field stars called members more than 1 deg
+beyond the injected stream's ends, the motion cuts found, and the calibration table: per
+probability bin, the mean probability against the injected fraction.
 
     python benchmarks/membership_calibration.py
     python benchmarks/membership_calibration.py --photometry none
     python benchmarks/membership_calibration.py --width-ends 0.5 2
     python benchmarks/membership_calibration.py --phi1-range 0 0.6
+    python benchmarks/membership_calibration.py --pm-box 0.5 [--ignore-cuts]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import time
 import numpy as np
 
 import ray_app.core.membership as membership
+from ray_app.core.cuts import motion_cuts
 from ray_app.core.features import stream_features
 from ray_app.data.registry import get_stream
 from ray_app.data.synthetic import STREAM_GIANT_FRACTION, Injection, synthetic_sky
@@ -48,10 +54,11 @@ def seed_core(raw: dict, truth: np.ndarray, rng) -> np.ndarray:
 
 
 def one_sky(key: str, members: int, background: int, seed: int, photometry: bool,
-            oracle: bool, width_ends=(1.0, 1.0), phi1_range=(0.0, 1.0)
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Membership probabilities, truth and how far beyond the injected stream's phi1 ends
-    each star is (deg; 0 within them) on one sky."""
+            oracle: bool, width_ends=(1.0, 1.0), phi1_range=(0.0, 1.0),
+            pm_box: float | None = None, find_cuts: bool = True
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Membership probabilities, truth, how far beyond the injected stream's phi1 ends
+    each star is (deg; 0 within them) and the motion cuts found, on one sky."""
     info = get_stream(key)
     start, end = (f * info.width_deg for f in width_ends)
     lo, hi = info.phi1_range
@@ -61,6 +68,14 @@ def one_sky(key: str, members: int, background: int, seed: int, photometry: bool
                                     giant_fraction=STREAM_GIANT_FRACTION,
                                     phi1_range_deg=injected)],
                          seed=seed, cuts=info.default_cuts)
+    if pm_box is not None:  # a catalogue selected with a proper-motion box around the stream
+        stream = np.asarray(cols["is_stream"], dtype=bool)
+        keep = np.ones(len(stream), bool)
+        for name in ("pmra", "pmdec"):
+            v = np.asarray(cols[name], dtype=np.float64)
+            lo_v, hi_v = np.percentile(v[stream], [1, 99])
+            keep &= (v > lo_v - pm_box) & (v < hi_v + pm_box)
+        cols = {name: np.asarray(v)[keep] for name, v in cols.items()}
     raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"],
                              cols["pmdec"], cols["parallax"])
     truth = np.asarray(cols["is_stream"], dtype=bool)
@@ -70,13 +85,15 @@ def one_sky(key: str, members: int, background: int, seed: int, photometry: bool
     if oracle:
         membership._log_cmd = lambda cmd, w, control, w_off=None, shift=None: model_cmd(
             cmd, truth.astype(float), control, None, shift)
+    cuts = (motion_cuts(info.frame, cols["ra"], cols["dec"], cols["pmra"], cols["pmdec"], raw)
+            if find_cuts else [])
     try:
         m = membership.membership_probabilities(raw, core, feature_errors(cols), phot,
-                                                base_track=info.detection_track)
+                                                base_track=info.detection_track, cuts=cuts)
     finally:
         membership._log_cmd = model_cmd
     beyond = np.maximum(np.maximum(injected[0] - raw["phi1"], raw["phi1"] - injected[1]), 0.0)
-    return m.probability, truth, beyond
+    return m.probability, truth, beyond, cuts
 
 
 def main() -> None:
@@ -97,31 +114,42 @@ def main() -> None:
     ap.add_argument("--phi1-range", nargs=2, type=float, default=[0.0, 1.0],
                     metavar=("A", "B"), help="inject the stream over this share of its "
                     "registry track, 0 <= A < B <= 1 (default 0 1: all of it)")
+    ap.add_argument("--pm-box", type=float, default=None, metavar="M",
+                    help="keep only the stars in a (pmra, pmdec) box around the stream, "
+                         "widened by M mas/yr (default: no box)")
+    ap.add_argument("--ignore-cuts", action="store_true",
+                    help="do not look for the catalogue's motion cuts (the model before "
+                         "it knew of them)")
     args = ap.parse_args()
     if not 0 <= args.phi1_range[0] < args.phi1_range[1] <= 1:
         ap.error(f"--phi1-range must satisfy 0 <= A < B <= 1, got {args.phi1_range}")
     t0 = time.perf_counter()
     probs, truths = [], []
     print("| stream | sky | members | purity | completeness | field members > 1 deg beyond "
-          "the ends |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "the ends | motion cuts found |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for key in args.streams:
         for i in range(args.skies):
-            p, truth, beyond = one_sky(key, args.members, args.background, 100 + i,
-                                       args.photometry == "gaia", args.stream_cmd == "oracle",
-                                       args.width_ends, args.phi1_range)
+            p, truth, beyond, cuts = one_sky(key, args.members, args.background, 100 + i,
+                                             args.photometry == "gaia",
+                                             args.stream_cmd == "oracle", args.width_ends,
+                                             args.phi1_range, args.pm_box,
+                                             not args.ignore_cuts)
             sel = p >= 0.5
             print(f"| {key} | {i} | {int(sel.sum())} | "
                   f"{np.sum(sel & truth) / max(sel.sum(), 1):.3f} | "
                   f"{np.sum(sel & truth) / max(truth.sum(), 1):.3f} | "
-                  f"{int(np.sum(sel & ~truth & (beyond > 1.0)))} |")
+                  f"{int(np.sum(sel & ~truth & (beyond > 1.0)))} | "
+                  f"{' '.join(c.column + ('<' if c.side == 'max' else '>') for c in cuts)} |")
             probs.append(p)
             truths.append(truth)
     p, truth = np.concatenate(probs), np.concatenate(truths)
     print(f"\n{len(probs)} skies in {time.perf_counter() - t0:.0f} s; photometry "
           f"{args.photometry}; stream colour-magnitude density: {args.stream_cmd}; "
           f"phi2 width {args.width_ends[0]:g} to {args.width_ends[1]:g} x the registry's; "
-          f"injected over {args.phi1_range[0]:g}-{args.phi1_range[1]:g} of the track\n")
+          f"injected over {args.phi1_range[0]:g}-{args.phi1_range[1]:g} of the track; "
+          f"proper-motion box: {'none' if args.pm_box is None else f'{args.pm_box:g} mas/yr'}"
+          f"{', cuts ignored' if args.ignore_cuts else ''}\n")
     print("| membership probability | stars | mean probability | injected fraction |")
     print("|---|---:|---:|---:|")
     which = np.digitize(p, BINS) - 1

@@ -85,6 +85,8 @@ def test_outputs_contract(demo_run):
     assert matplotlib.image.imread(out / "candidate_0.png").shape[0] == 5 * 2.5 * 80
     shift = meta["membership"]["candidates"][0]["distance_modulus_offset"]
     assert shift is None or len(shift["phi1_deg"]) == len(shift["mag"]) >= 2
+    # a synthetic sky is not selected by proper motion: no cut in the motions is found
+    assert meta["membership"]["candidates"][0]["motion_cuts"] == []
     assert meta["truth"][0]["precision"] > 0.9 and meta["truth"][0]["recall"] > 0.9
     assert {"density", "merge", "candidates", "write"} <= set(meta["timings_s"])
     assert "numpy" in meta["software"] and meta["data"]["kind"] == "synthetic"

@@ -35,6 +35,12 @@ few EM iterations starting from the core:
     densities would under-state the field exactly where it looks like an old, distant
     stream), else its error where errors are known (a faint star is compared with equally
     blurred field stars).
+**Catalogue cuts** in the motions (a parallax limit; a proper-motion box the catalogue was
+    selected with, found by :func:`ray_app.core.cuts.motion_cuts`): no star lies beyond one,
+    so the field's kNN density is given back what its neighbourhoods lose past a cut (the
+    control stars mirrored about it) and the stream's normal is normalised over the
+    catalogue (:func:`_log_cut_mass`). Without them both over-state the stream near a cut,
+    where a box drawn around a stream's motion puts its own stars.
 **Measurement quality** (without photometry, where errors are known) multiplies both by a
     density of the star's log proper-motion error, a brightness proxy: the stream's learnt
     from its members, the field's from the control stars. A stream is one old population at
@@ -68,6 +74,7 @@ from scipy.ndimage import binary_closing, gaussian_filter
 from scipy.spatial import cKDTree
 from scipy.special import digamma, expit, gammaln, log_ndtr
 
+from .cuts import KinematicCut
 from .tracks import (
     TRACK_FEATURES,
     Track,
@@ -216,7 +223,8 @@ class Membership:
 
 def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = None,
                              photometry: tuple | None = None, base_track: Track | None = None,
-                             n_iter: int = N_ITERATIONS) -> Membership:
+                             n_iter: int = N_ITERATIONS, cuts: list | None = None
+                             ) -> Membership:
     """Membership probability of every star for the candidate whose core is ``core``.
 
     Parameters
@@ -238,6 +246,13 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         track is right).
     n_iter : int
         EM iterations.
+    cuts : list of KinematicCut, optional
+        The catalogue's cuts in the stars' motions (:func:`ray_app.core.cuts.motion_cuts`:
+        a proper-motion box the catalogue was selected with). The largest parallax is
+        always taken as one (Gaia queries cut at parallax < 1 mas; without a cut it is far
+        out and changes nothing). Beyond a cut no star can be, so the field's density is
+        corrected for what its neighbourhoods lose there (:func:`_mirrored_count`) and the
+        stream's is normalised over the catalogue (:func:`_log_cut_mass`).
 
     Returns
     -------
@@ -272,7 +287,9 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     # catalogues are cut at a largest parallax (Gaia queries: parallax < 1 mas), which
     # truncates a faint member's observed parallax; the field's kNN density sees the cut, so
     # the stream's Gaussian must too. Without a cut the largest parallax is far out: no change
-    plx_top = float(np.nanmax(raw["parallax"]))
+    cuts = [KinematicCut(np.array([0.0, 0.0, 1.0]), float(np.nanmax(raw["parallax"])))
+            ] + list(cuts or [])
+    kin_now = np.column_stack([np.asarray(raw[name], dtype=np.float64) for name in KIN])
     use_quality = cmd is None and quality is not None
 
     lo, hi = float(phi1[core].min()), float(phi1[core].max())
@@ -309,14 +326,16 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                 profiles[name] = _fit_width_profile(phi1, resid[name], err2[name], w,
                                                     WIDTH_FLOOR[name], cap[name])
             star_width[name] = _profile_at(profiles[name], phi1)
-            var = star_width[name] ** 2 + err2[name]
-            # the observed parallax is below the cut: resid < cut - model
-            upper = (plx_top - (np.asarray(raw[name], dtype=np.float64) - resid[name])
-                     if name == "parallax" else np.inf)
-            term = _log_truncated_normal(resid[name], var, upper)
+            term = _log_normal(resid[name], star_width[name] ** 2 + err2[name])
             log_s += term
             if name in KIN:
                 log_s_kin = log_s_kin + term
+        # the stream's motions are observed inside the catalogue's cuts only
+        lost = _log_cut_mass(cuts, kin_now - np.column_stack([resid[name] for name in KIN]),
+                             np.column_stack([star_width[name] ** 2 + err2[name]
+                                              for name in KIN]))
+        log_s -= lost
+        log_s_kin = log_s_kin - lost
         # the field is learnt off the track (a control region), never from the stars the
         # model currently calls non-members: that circularity lets EM run away either way
         band = np.minimum(np.maximum(CONTROL_WIDTHS * star_width["phi2"], CONTROL_MIN_DEG),
@@ -325,7 +344,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         if control.sum() < 50:  # a footprint too narrow for a control region
             control = w < 0.5
         frac = float(np.clip(np.mean(w), 1.0 / n, 0.5))
-        log_b_kin = _field_log_kinematics(raw, control, field_kin, quality, cmd, plx_top)
+        log_b_kin = _field_log_kinematics(raw, control, field_kin, quality, cmd, cuts)
         log_b = _log_sky(raw, resid["phi2"], band, control, n * (1 - frac)) + log_b_kin
         if cmd is not None:
             w_on, w_off = _hess_weights(resid["phi2"], star_width["phi2"], w, control,
@@ -407,14 +426,26 @@ def member_extent(member_phi1) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- pieces
-def _log_truncated_normal(x, var, upper=np.inf) -> np.ndarray:
-    """log density at ``x`` of a zero-mean normal of variance ``var`` cut at ``x < upper``
-    (``inf``: not cut). A catalogue's parallax cut removes the part of a faint member's
-    error distribution beyond it; the rest must still integrate to one, or the faint
-    members (whose errors reach the cut) are under-stated against the field, whose kNN
-    density sees the cut."""
+def _log_normal(x, var) -> np.ndarray:
+    """log density at ``x`` of a zero-mean normal of variance ``var``."""
     x, var = np.asarray(x, dtype=np.float64), np.asarray(var, dtype=np.float64)
-    return -0.5 * x ** 2 / var - 0.5 * np.log(2 * np.pi * var) - log_ndtr(upper / np.sqrt(var))
+    return -0.5 * x ** 2 / var - 0.5 * np.log(2 * np.pi * var)
+
+
+def _log_cut_mass(cuts, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """log of the share of each star's stream density (a normal in the kinematic features
+    :data:`KIN`, ``mean`` and diagonal ``var`` per star) inside the catalogue's cuts, one
+    half-space at a time (a box's corners, where two cuts both bite, are rare).
+
+    A cut removes the part of a faint member's error distribution beyond it; the rest must
+    still integrate to one, or the faint members near the cut (whose errors reach it) are
+    under-stated against the field, whose density sees the cut."""
+    out = np.zeros(len(mean))
+    for cut in cuts:
+        a = np.broadcast_to(np.asarray(cut.normal, dtype=np.float64), mean.shape)
+        spread = np.sqrt(np.sum(a ** 2 * var, axis=1))
+        out += log_ndtr((cut.offset - np.sum(a * mean, axis=1)) / spread)
+    return out
 
 
 def _spread(v, w=None) -> float:
@@ -620,27 +651,34 @@ def _field_scales(raw) -> np.ndarray:
     return np.array([max(_spread(raw[name]), 1e-3) for name in KIN])
 
 
-def _field_log_kinematics(raw, control, scales, quality, cmd,
-                          plx_top: float = np.inf) -> np.ndarray:
+def _field_log_kinematics(raw, control, scales, quality, cmd, cuts=()) -> np.ndarray:
     """log field density of each star's motion, conditional on what else is known of it:
     colour and magnitude where it has photometry, else its log error (``quality``; None:
     unconditional). The colour-magnitude term multiplies in the field's density of those, so
-    the product is the field's joint density, not a product of its marginals. ``plx_top``:
-    the catalogue's parallax cut (mas; see :func:`_log_kinematics`)."""
+    the product is the field's joint density, not a product of its marginals. ``cuts``: the
+    catalogue's (see :func:`_log_kinematics`)."""
     if cmd is None:
-        return _log_kinematics(raw, control, scales, quality, plx_top=plx_top)
+        return _log_kinematics(raw, control, scales, quality, cuts=cuts)
     mag, colour, ok = cmd
     # stars without photometry (if any) are compared with the whole field at their error
-    out = _log_kinematics(raw, control, scales, quality, wanted=~ok, plx_top=plx_top)
+    out = _log_kinematics(raw, control, scales, quality, wanted=~ok, cuts=cuts)
     sub = {name: np.asarray(raw[name], dtype=np.float64)[ok] for name in ("phi1",) + KIN}
     out[ok] = _log_kinematics(sub, control[ok], scales, np.column_stack([colour[ok], mag[ok]]),
-                              plx_top=plx_top)
+                              cuts=[_cut_rows(cut, ok) for cut in cuts])
     return out
+
+
+def _cut_rows(cut: KinematicCut, rows) -> KinematicCut:
+    """The cut for a subset of the stars (its per-star normal and offset, if any, indexed)."""
+    normal, offset = np.asarray(cut.normal), np.asarray(cut.offset)
+    return KinematicCut(normal[rows] if normal.ndim == 2 else normal,
+                        offset[rows] if offset.ndim == 1 else offset,
+                        cut.column, cut.side, cut.value)
 
 
 def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
                     slab_deg: float = 10.0, min_stars: int = 200,
-                    wanted: np.ndarray | None = None, plx_top: float = np.inf) -> np.ndarray:
+                    wanted: np.ndarray | None = None, cuts=()) -> np.ndarray:
     """log density of the reference (field) stars in (pm1, pm2, parallax), per phi1 slab.
 
     ``cond`` (optional; per star, one or more columns): what else is known of a star (its
@@ -651,14 +689,17 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
     distant turnoff stars, not with the whole field's mix. ``wanted`` (optional, boolean per
     star): only those stars are evaluated (the rest are NaN); the slabs stay the same.
 
-    ``plx_top`` (mas): the catalogue's parallax cut. No field star lies beyond it, so a kNN
-    box that reaches past it holds fewer stars than the field's density there would put in
-    it (up to half as many at the cut, where faint stars pile up); the stars mirrored about
-    the cut fill in what the box loses (the reflection boundary correction). ``inf``: none.
+    ``cuts`` (KinematicCut list): the catalogue's cuts in the motions (a parallax limit, a
+    proper-motion box). No field star lies beyond one, so a kNN box that reaches past it
+    holds fewer stars than the field's density there would put in it (up to half as many
+    at the cut, where a box-selected catalogue or the faint stars at a parallax limit pile
+    up); the stars mirrored about the cut fill in what the box loses (the reflection
+    boundary correction, :func:`_mirrored_count`).
     """
     phi1 = raw["phi1"]
-    Y = np.column_stack([raw[name] for name in KIN]) / scales
-    top = plx_top / scales[KIN.index("parallax")]
+    kin = np.column_stack([np.asarray(raw[name], dtype=np.float64) for name in KIN])
+    Y = kin / scales
+    geometry = _cut_geometry(cuts, kin, scales)
     m = 0
     if cond is not None:
         c = np.asarray(cond, dtype=np.float64).reshape(len(phi1), -1)
@@ -679,13 +720,26 @@ def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
         if not keep.any():
             continue
         q = rows[keep]
-        out[q] = (_conditional_log_density(Y[ref], Y[q], is_ref[keep], m, top) if m
-                  else _knn_log_density(Y[ref], Y[q], is_ref[keep], top))
+        slab = [(normal[ref], gap[ref], normal[q], gap[q]) for normal, gap in geometry]
+        out[q] = (_conditional_log_density(Y[ref], Y[q], is_ref[keep], m, slab) if m
+                  else _knn_log_density(Y[ref], Y[q], is_ref[keep], slab))
     return out - np.sum(np.log(scales))
 
 
+def _cut_geometry(cuts, kin: np.ndarray, scales: np.ndarray) -> list:
+    """Each cut (KinematicCut) in the scaled kinematic space (``kin / scales``): its unit
+    normal and each star's distance inside it, per star ((n, 3) and (n,) arrays)."""
+    out = []
+    for cut in cuts:
+        a = np.broadcast_to(np.asarray(cut.normal, dtype=np.float64), kin.shape)
+        length = np.linalg.norm(a * scales, axis=1)
+        out.append((a * scales / length[:, None],
+                    (cut.offset - np.sum(a * kin, axis=1)) / length))
+    return out
+
+
 def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
-                             m: int, top: float = np.inf) -> np.ndarray:
+                             m: int, mirrors=()) -> np.ndarray:
     """log density of ``ref`` in its leading columns, conditional on its last ``m``, at
     ``query`` (a reference star does not count itself).
 
@@ -698,8 +752,8 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
     cancels; a ratio of two kNN densities smooths the joint (more dimensions) more widely
     than the marginal and under-states the field wherever its conditioning distribution is
     sharp (a colour-magnitude sequence), which over-states every membership there.
-    ``top``: see :func:`_mirrored_count` (the marginal count needs none: the cut is in the
-    leading columns).
+    ``mirrors``: see :func:`_mirrored_count` (the marginal count needs none: the cuts are in
+    the leading columns).
     """
     d = ref.shape[1] - m
     k = min(FIELD_K, len(ref) - 1)
@@ -708,46 +762,55 @@ def _conditional_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: n
     r = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
     n_c = cKDTree(ref[:, d:]).query_ball_point(query[:, d:], r, p=np.inf, return_length=True)
     n_c = np.maximum(n_c - query_is_ref, k)
-    count = k + _mirrored_count(ref, query, query_is_ref, r, top, np.inf)
+    count = k + _mirrored_count(ref, query, query_is_ref, r, mirrors, np.inf)
     return digamma(count) - np.log(n_c) - d * np.log(2 * r)
 
 
 def _knn_log_density(ref: np.ndarray, query: np.ndarray, query_is_ref: np.ndarray,
-                     top: float = np.inf) -> np.ndarray:
+                     mirrors=()) -> np.ndarray:
     """log kNN density of ``ref`` at ``query`` (a reference star does not count itself;
-    ``top``: see :func:`_mirrored_count`), with ``digamma(k)`` for ``log k`` (an unbiased
-    log density: :func:`_conditional_log_density`)."""
+    ``mirrors``: see :func:`_mirrored_count`), with ``digamma(k)`` for ``log k`` (an
+    unbiased log density: :func:`_conditional_log_density`)."""
     d = ref.shape[1]
     k = min(FIELD_K, len(ref) - 1)
     dist, _ = cKDTree(ref).query(query, k=k + 1)
     dist = dist.reshape(len(query), k + 1)
     rk = np.maximum(np.where(query_is_ref, dist[:, k], dist[:, k - 1]), 1e-6)
     log_vd = 0.5 * d * np.log(np.pi) - gammaln(0.5 * d + 1)
-    count = k + _mirrored_count(ref, query, query_is_ref, rk, top, 2.0)
+    count = k + _mirrored_count(ref, query, query_is_ref, rk, mirrors, 2.0)
     return digamma(count) - np.log(len(ref)) - log_vd - d * np.log(rk)
 
 
-def _mirrored_count(ref, query, query_is_ref, r, top: float, norm: float) -> np.ndarray:
-    """Reference stars mirrored about ``top`` in the parallax column (a catalogue cut: no
-    star lies beyond it) within ``r`` of each query (Minkowski ``norm``), a reference
-    star's own mirror left out: what a kNN ball reaching past the cut lost of the field's
-    density (the reflection boundary correction). 0 for every query when ``top`` is inf.
+def _mirrored_count(ref, query, query_is_ref, r, mirrors, norm: float) -> np.ndarray:
+    """Reference stars mirrored about each catalogue cut (no star lies beyond one) within
+    ``r`` of each query (Minkowski ``norm``), a reference star's own mirror left out: what a
+    kNN ball reaching past a cut lost of the field's density (the reflection boundary
+    correction; two cuts that both bite, a box's corner, are counted one at a time).
+
+    ``mirrors``: per cut, ``(normal_ref, gap_ref, normal_query, gap_query)``: the cut's unit
+    normal in the leading (kinematic) columns of the scaled space and each star's distance
+    inside it. 0 for every query when no ball reaches a cut.
     """
-    col = KIN.index("parallax")
-    gap = top - query[:, col]  # a mirrored star is at least this far beyond the query
-    near = np.isfinite(top) & (gap < r)  # a ball that does not reach the cut loses nothing
     out = np.zeros(len(query))
-    if not near.any():
-        return out
-    close = (top - ref[:, col]) <= float(np.max(r[near] - gap[near]))
-    if not close.any():
-        return out
-    mirrored = ref[close].copy()
-    mirrored[:, col] = 2.0 * top - mirrored[:, col]
-    found = cKDTree(mirrored).query_ball_point(query[near], r[near], p=norm, return_length=True)
-    own = query_is_ref[near] & (2.0 * gap[near] <= r[near])  # the query's own mirror
-    out[near] = found - own
-    return np.maximum(out, 0.0)
+    for n_ref, g_ref, n_q, g_q in mirrors:
+        # how far beyond the cut the ball reaches (a max-norm box: its support along n)
+        reach = r * (np.sum(np.abs(n_q), axis=1) if norm == np.inf else 1.0) - g_q
+        near = reach > 0
+        if not near.any():
+            continue
+        close = g_ref <= float(np.max(reach[near]))  # a mirror lies g_ref beyond the cut
+        if not close.any():
+            continue
+        mirrored = ref[close].copy()
+        mirrored[:, :n_ref.shape[1]] += 2.0 * g_ref[close, None] * n_ref[close]
+        found = cKDTree(mirrored).query_ball_point(query[near], r[near], p=norm,
+                                                   return_length=True)
+        # the query's own mirror, 2 g_q away along its normal
+        own_dist = 2.0 * g_q[near] * (np.max(np.abs(n_q[near]), axis=1) if norm == np.inf
+                                      else 1.0)
+        own = query_is_ref[near] & (own_dist <= r[near])
+        out[near] += np.maximum(found - own, 0.0)
+    return out
 
 
 def _cmd_arrays(photometry, n):

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import __version__
+from ..core.cuts import motion_cuts
 from ..core.features import (
     FEATURE_NAMES,
     FeatureScales,
@@ -251,10 +252,13 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
     own = [_own_frame(searches[which], c, clean, scanning) for which, c in merged]
     seeds = [membership_seed(searches[which].pers, searches[which].log_density, c)
              for which, c in merged]
+    # a catalogue pre-selected with a proper-motion box: the model must know the box's edges
+    cuts = [_motion_cuts(frame, frame_raw, clean) for frame, frame_raw in own]
     memberships = [membership_probabilities(
         frame_raw, seed, errors, None if phot is None else phot[:2],
-        base_track=searches[which].track)
-        for (which, _), (_, frame_raw), seed in zip(merged, own, seeds, strict=True)]
+        base_track=searches[which].track, cuts=cut)
+        for (which, _), (_, frame_raw), seed, cut in zip(merged, own, seeds, cuts,
+                                                          strict=True)]
     if scanning:  # a compact core can leave the direction open: the members then decide it
         for i, m in enumerate(memberships):
             better = _refit_frame(own[i][0], clean, m.probability >= params.member_probability)
@@ -262,8 +266,10 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                 own[i] = (better, stream_features(better, clean["ra"], clean["dec"],
                                                   clean["pmra"], clean["pmdec"],
                                                   clean["parallax"], REFINE_SCALES)[0])
+                cuts[i] = _motion_cuts(*own[i], clean=clean)
                 memberships[i] = membership_probabilities(
-                    own[i][1], seeds[i], errors, None if phot is None else phot[:2])
+                    own[i][1], seeds[i], errors, None if phot is None else phot[:2],
+                    cuts=cuts[i])
     prob, labels = member_labels(len(sid), memberships, params.member_probability)
     if scanning and merged:
         # a scan shows (figure, stars.parquet) the diagram of the frame that found the most
@@ -356,6 +362,12 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
             "quality": "without photometry, a star's log proper-motion error (a brightness "
                        "proxy) enters as a learnt stream against field density; per candidate "
                        "'quality_term' says whether it was used",
+            "motion_cuts": "hard edges of pmra and pmdec (else of the frame's proper "
+                           "motions) found in the data, a proper-motion box the catalogue "
+                           "was selected with, and the largest parallax: the field's density "
+                           "is corrected for what its neighbourhoods lose beyond them "
+                           "(mirrored stars) and the stream's normalised inside them; per "
+                           "candidate 'motion_cuts' lists those found",
             "seed": "the candidate's superlevel component at half its persistence (at least "
                     "20 stars, else its core)",
             "candidates": [{"index": c.index, "iterations": m.iterations,
@@ -363,8 +375,9 @@ def run_recovery(params: RecoverParams, engine, progress: ProgressFn = _noop) ->
                             "fit_failed": m.failed, "quality_term": m.quality,
                             "distance_modulus_offset": None if m.cmd_shift is None else {
                                 "phi1_deg": [round(float(x), 3) for x in m.cmd_shift[0]],
-                                "mag": [round(float(x), 3) for x in m.cmd_shift[1]]}}
-                           for c, m in zip(final, memberships, strict=True)]},
+                                "mag": [round(float(x), 3) for x in m.cmd_shift[1]]},
+                            "motion_cuts": [cut.describe() for cut in job_cuts]}
+                           for c, m, job_cuts in zip(final, memberships, cuts, strict=True)]},
         "engine": {"name": engine.name, "backend": sharded.backend,
                    "shards": sharded.shards, "shard_seconds": sharded.shard_seconds,
                    "shard_axis": FEATURE_NAMES[sharded.axis], "halo": sharded.halo,
@@ -455,6 +468,12 @@ def truth_scores(clean: dict, sid, final, memberships, threshold: float) -> list
             row[f"{name}recall"] = tp / max(int(truth.sum()), 1)
         out.append(row)
     return out
+
+
+def _motion_cuts(frame, frame_raw: dict, clean: dict) -> list:
+    """The catalogue's proper-motion cuts in a candidate's frame (:func:`motion_cuts`)."""
+    return motion_cuts(frame, clean["ra"], clean["dec"], clean["pmra"], clean["pmdec"],
+                       frame_raw)
 
 
 def feature_errors(cols: dict) -> dict:
