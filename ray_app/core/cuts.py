@@ -18,7 +18,7 @@ estimate, as Hill's estimator of a tail index: the distances over the farthest o
 ``U^(1 / (alpha + 1))`` for uniform ``U``). A cut far out in a tail, where the density
 rises several-fold over the last 200 stars, reads as a thinning tail and is not found (few
 stars lie near it to be corrected): with 2000 stars in a normal, a cut at 1.5 sigma is found
-9 times in 10, one at 2 sigma once in 10; with 50 000, at 2.5 sigma 24 times in 25.
+9 times in 10, one at 2 sigma one time in 7; with 50 000, at 2.5 sigma 24 times in 25.
 """
 
 from __future__ import annotations
