@@ -5,7 +5,8 @@ stream (Price-Whelan & Bonaca 2018 cut GD-1's field to pmra in [-7, -2] and pmde
 [-15, -11] mas/yr), a parallax limit. Beyond such a cut there are no stars, so a density
 estimate whose neighbourhood reaches past it counts too few field stars there, and a
 stream model that ignores it puts part of a faint member's error distribution where no star
-can be: both over-state the stream near the cut. The membership model corrects both
+can be: the first over-states the stream near the cut, the second under-states its faint
+members there. The membership model corrects both
 (:func:`ray_app.core.membership.membership_probabilities`, ``cuts``) once it knows where
 the cuts are: this module finds them.
 
