@@ -39,8 +39,9 @@ few EM iterations starting from the core:
     selected with, found by :func:`ray_app.core.cuts.motion_cuts`): no star lies beyond one,
     so the field's kNN density is given back what its neighbourhoods lose past a cut (the
     control stars mirrored about it) and the stream's normal is normalised over the
-    catalogue (:func:`_log_cut_mass`). Without them both over-state the stream near a cut,
-    where a box drawn around a stream's motion puts its own stars.
+    catalogue (:func:`_log_cut_mass`). Without them the field stars near a cut are
+    over-stated as stream and the faint members there under-stated, and a box drawn around a
+    stream's motion puts both at its edges.
 **Measurement quality** (without photometry, where errors are known) multiplies both by a
     density of the star's log proper-motion error, a brightness proxy: the stream's learnt
     from its members, the field's from the control stars. A stream is one old population at
