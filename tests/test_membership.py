@@ -452,7 +452,7 @@ def test_the_fields_density_is_not_thinned_at_a_catalogue_cut(rng, estimator, no
     centred = ref[:, :3] - 0.5 * normal - np.outer(depth - 0.5, normal)
     own = (depth > 0.97) & (np.linalg.norm(centred, axis=1) < 0.15) & (np.abs(ref[:, 3] - 0.5)
                                                                         < 0.2)
-    cut = KinematicCut(normal, 1.0)
+    cut = KinematicCut(normal, 1.0, "test", "max", 1.0)
 
     def est(query, is_ref, cuts):
         mirrors = [(nr, gr, nq, gq) for (nr, gr), (nq, gq) in
@@ -480,7 +480,8 @@ def test_a_members_density_integrates_to_one_within_a_cut(rng, normal, offset):
     mean, var = np.array([[0.1, -0.2, 0.0]]), np.array([[0.25, 1.0, 0.5]])
     x = mean + np.sqrt(var) * rng.standard_normal((400000, 3))
     inside = np.mean(x @ np.asarray(normal) <= offset)
-    assert np.exp(_log_cut_mass([KinematicCut(np.asarray(normal), offset)], mean, var)[0]) \
+    cut = KinematicCut(np.asarray(normal), offset, "test", "max", offset)
+    assert np.exp(_log_cut_mass([cut], mean, var)[0]) \
         == pytest.approx(inside, abs=3e-3)
     # no cut: nothing lost
     assert _log_cut_mass([], mean, var)[0] == 0.0

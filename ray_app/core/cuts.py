@@ -62,9 +62,9 @@ class KinematicCut:
 
     normal: np.ndarray
     offset: np.ndarray | float
-    column: str = "parallax"
-    side: str = "max"
-    value: float = np.inf
+    column: str
+    side: str
+    value: float
 
     def describe(self) -> dict:
         return {"column": self.column, "side": self.side, "value": round(float(self.value), 6)}
@@ -120,26 +120,24 @@ def motion_cuts(frame: StreamFrame, ra, dec, pmra, pmdec, raw: dict) -> list[Kin
     """
     n = len(np.asarray(ra))
     cuts = []
+
+    def add(column, e, edges):  # e: the frame's image of the column's unit vector
+        low, high = edges
+        if high is not None:
+            cuts.append(KinematicCut(e, high, column, "max", high))
+        if low is not None:
+            cuts.append(KinematicCut(-e, -low, column, "min", low))
+
     # the frame's proper motions are a rotation of (pmra, pmdec), star by star: a cut
     # pmra <= c is e . pm <= c with e the frame's image of the unit pmra vector there
-    for column, unit in (("pmra", (1.0, 0.0)), ("pmdec", (0.0, 1.0))):
-        low, high = hard_edges(pmra if column == "pmra" else pmdec)
-        if low is None and high is None:
-            continue
-        _, _, e1, e2 = icrs_to_frame(frame, ra, dec, np.full(n, unit[0]), np.full(n, unit[1]))
-        e = np.column_stack([e1, e2, np.zeros(n)])
-        if high is not None:
-            cuts.append(KinematicCut(e, high, column, "max", high))
-        if low is not None:
-            cuts.append(KinematicCut(-e, -low, column, "min", low))
-    if cuts:
-        return cuts
-    for j, column in enumerate(("pm_phi1_cosphi2", "pm_phi2")):
-        low, high = hard_edges(raw[column])
-        e = np.zeros(3)
-        e[j] = 1.0
-        if high is not None:
-            cuts.append(KinematicCut(e, high, column, "max", high))
-        if low is not None:
-            cuts.append(KinematicCut(-e, -low, column, "min", low))
+    for column, values, unit in (("pmra", pmra, (1.0, 0.0)), ("pmdec", pmdec, (0.0, 1.0))):
+        edges = hard_edges(values)
+        if edges != (None, None):
+            _, _, e1, e2 = icrs_to_frame(frame, ra, dec, np.full(n, unit[0]),
+                                         np.full(n, unit[1]))
+            add(column, np.column_stack([e1, e2, np.zeros(n)]), edges)
+    if not cuts:
+        for column, e in (("pm_phi1_cosphi2", np.array([1.0, 0.0, 0.0])),
+                          ("pm_phi2", np.array([0.0, 1.0, 0.0]))):
+            add(column, e, hard_edges(raw[column]))
     return cuts

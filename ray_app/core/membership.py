@@ -68,7 +68,7 @@ Every density is normalised over the job's stars, so the ratio is a likelihood r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.ndimage import binary_closing, gaussian_filter
@@ -288,7 +288,8 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
     # catalogues are cut at a largest parallax (Gaia queries: parallax < 1 mas), which
     # truncates a faint member's observed parallax; the field's kNN density sees the cut, so
     # the stream's Gaussian must too. Without a cut the largest parallax is far out: no change
-    cuts = [KinematicCut(np.array([0.0, 0.0, 1.0]), float(np.nanmax(raw["parallax"])))
+    plx_top = float(np.nanmax(raw["parallax"]))
+    cuts = [KinematicCut(np.array([0.0, 0.0, 1.0]), plx_top, "parallax", "max", plx_top)
             ] + list(cuts or [])
     kin_now = np.column_stack([np.asarray(raw[name], dtype=np.float64) for name in KIN])
     use_quality = cmd is None and quality is not None
@@ -672,9 +673,8 @@ def _field_log_kinematics(raw, control, scales, quality, cmd, cuts=()) -> np.nda
 def _cut_rows(cut: KinematicCut, rows) -> KinematicCut:
     """The cut for a subset of the stars (its per-star normal and offset, if any, indexed)."""
     normal, offset = np.asarray(cut.normal), np.asarray(cut.offset)
-    return KinematicCut(normal[rows] if normal.ndim == 2 else normal,
-                        offset[rows] if offset.ndim == 1 else offset,
-                        cut.column, cut.side, cut.value)
+    return replace(cut, normal=normal[rows] if normal.ndim == 2 else normal,
+                   offset=offset[rows] if offset.ndim == 1 else offset)
 
 
 def _log_kinematics(raw, reference: np.ndarray, scales: np.ndarray, cond=None,
