@@ -12,7 +12,8 @@ times the registry width along phi1 (a widening tail). ``--phi1-range A B`` inje
 stream over that share of its registry track only (0 0.6: a stream that ends inside its
 footprint). ``--pm-box M`` keeps only the stars inside a box in (pmra, pmdec) around the
 injected stream (its 1st-99th percentiles, widened by M mas/yr on each side), as a catalogue
-pre-selected by proper motion is; the model finds the box's edges in the data
+pre-selected by proper motion is (``--parallax-min P``: only the stars with parallax > P);
+the model finds the box's edges in the data
 (:func:`ray_app.core.cuts.motion_cuts`), or with ``--ignore-cuts`` does not look for them.
 Prints purity and completeness per sky, the field stars called members more than 1 deg
 beyond the injected stream's ends, the motion cuts found, and the calibration table: per
@@ -55,7 +56,8 @@ def seed_core(raw: dict, truth: np.ndarray, rng) -> np.ndarray:
 
 def one_sky(key: str, members: int, background: int, seed: int, photometry: bool,
             oracle: bool, width_ends=(1.0, 1.0), phi1_range=(0.0, 1.0),
-            pm_box: float | None = None, find_cuts: bool = True
+            pm_box: float | None = None, find_cuts: bool = True,
+            parallax_min: float | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
     """Membership probabilities, truth, how far beyond the injected stream's phi1 ends
     each star is (deg; 0 within them) and the motion cuts found, on one sky."""
@@ -68,6 +70,9 @@ def one_sky(key: str, members: int, background: int, seed: int, photometry: bool
                                     giant_fraction=STREAM_GIANT_FRACTION,
                                     phi1_range_deg=injected)],
                          seed=seed, cuts=info.default_cuts)
+    if parallax_min is not None:  # a catalogue selected with parallax > parallax_min
+        keep = np.asarray(cols["parallax"], dtype=np.float64) > parallax_min
+        cols = {name: np.asarray(v)[keep] for name, v in cols.items()}
     if pm_box is not None:  # a catalogue selected with a proper-motion box around the stream
         stream = np.asarray(cols["is_stream"], dtype=bool)
         keep = np.ones(len(stream), bool)
@@ -117,6 +122,8 @@ def main() -> None:
     ap.add_argument("--pm-box", type=float, default=None, metavar="M",
                     help="keep only the stars in a (pmra, pmdec) box around the stream, "
                          "widened by M mas/yr (default: no box)")
+    ap.add_argument("--parallax-min", type=float, default=None, metavar="P",
+                    help="keep only the stars with parallax > P mas (default: no such cut)")
     ap.add_argument("--ignore-cuts", action="store_true",
                     help="do not look for the catalogue's motion cuts (the model before "
                          "it knew of them)")
@@ -134,7 +141,7 @@ def main() -> None:
                                              args.photometry == "gaia",
                                              args.stream_cmd == "oracle", args.width_ends,
                                              args.phi1_range, args.pm_box,
-                                             not args.ignore_cuts)
+                                             not args.ignore_cuts, args.parallax_min)
             sel = p >= 0.5
             print(f"| {key} | {i} | {int(sel.sum())} | "
                   f"{np.sum(sel & truth) / max(sel.sum(), 1):.3f} | "
@@ -148,7 +155,8 @@ def main() -> None:
           f"{args.photometry}; stream colour-magnitude density: {args.stream_cmd}; "
           f"phi2 width {args.width_ends[0]:g} to {args.width_ends[1]:g} x the registry's; "
           f"injected over {args.phi1_range[0]:g}-{args.phi1_range[1]:g} of the track; "
-          f"proper-motion box: {'none' if args.pm_box is None else f'{args.pm_box:g} mas/yr'}"
+          f"proper-motion box: {'none' if args.pm_box is None else f'{args.pm_box:g} mas/yr'}; "
+          f"parallax > {'-' if args.parallax_min is None else f'{args.parallax_min:g} mas'}"
           f"{', cuts ignored' if args.ignore_cuts else ''}\n")
     print("| membership probability | stars | mean probability | injected fraction |")
     print("|---|---:|---:|---:|")
