@@ -70,17 +70,17 @@ def one_sky(key: str, members: int, background: int, seed: int, photometry: bool
                                     giant_fraction=STREAM_GIANT_FRACTION,
                                     phi1_range_deg=injected)],
                          seed=seed, cuts=info.default_cuts)
-    if parallax_min is not None:  # a catalogue selected with parallax > parallax_min
-        keep = np.asarray(cols["parallax"], dtype=np.float64) > parallax_min
-        cols = {name: np.asarray(v)[keep] for name, v in cols.items()}
-    if pm_box is not None:  # a catalogue selected with a proper-motion box around the stream
-        stream = np.asarray(cols["is_stream"], dtype=bool)
-        keep = np.ones(len(stream), bool)
+    # a catalogue pre-selected by parallax and/or by a proper-motion box around the stream
+    keep = np.ones(len(cols["ra"]), bool)
+    if parallax_min is not None:
+        keep &= np.asarray(cols["parallax"], dtype=np.float64) > parallax_min
+    if pm_box is not None:
+        stream = np.asarray(cols["is_stream"], dtype=bool) & keep
         for name in ("pmra", "pmdec"):
             v = np.asarray(cols[name], dtype=np.float64)
             lo_v, hi_v = np.percentile(v[stream], [1, 99])
             keep &= (v > lo_v - pm_box) & (v < hi_v + pm_box)
-        cols = {name: np.asarray(v)[keep] for name, v in cols.items()}
+    cols = {name: np.asarray(v)[keep] for name, v in cols.items()}
     raw, _ = stream_features(info.frame, cols["ra"], cols["dec"], cols["pmra"],
                              cols["pmdec"], cols["parallax"])
     truth = np.asarray(cols["is_stream"], dtype=bool)
