@@ -318,7 +318,7 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
         log_s = _log_rho(phi1, w, lo - GROW_DEG, hi + GROW_DEG,
                          RHO_UNIFORM if it <= RHO_UNIFORM_ITER else RHO_UNIFORM_FINAL)
         log_s_kin = 0.0
-        star_width = {}
+        star_width, var = {}, {}
         for name in TRACK_FEATURES:
             if it == 1:
                 # start wide and let EM contract: started from the core's own (density-cut)
@@ -328,14 +328,14 @@ def membership_probabilities(raw: dict, core: np.ndarray, errors: dict | None = 
                 profiles[name] = _fit_width_profile(phi1, resid[name], err2[name], w,
                                                     WIDTH_FLOOR[name], cap[name])
             star_width[name] = _profile_at(profiles[name], phi1)
-            term = _log_normal(resid[name], star_width[name] ** 2 + err2[name])
+            var[name] = star_width[name] ** 2 + err2[name]
+            term = _log_normal(resid[name], var[name])
             log_s += term
             if name in KIN:
                 log_s_kin = log_s_kin + term
         # the stream's motions are observed inside the catalogue's cuts only
         lost = _log_cut_mass(cuts, kin_now - np.column_stack([resid[name] for name in KIN]),
-                             np.column_stack([star_width[name] ** 2 + err2[name]
-                                              for name in KIN]))
+                             np.column_stack([var[name] for name in KIN]))
         log_s -= lost
         log_s_kin = log_s_kin - lost
         # the field is learnt off the track (a control region), never from the stars the
